@@ -1,0 +1,1 @@
+"""RSFM training package: MTP models, data readers, pretraining, finetuning, evaluation and export."""
