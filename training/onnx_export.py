@@ -76,7 +76,9 @@ def export_onnx(
         RuntimeError: the exporter or the ONNX checker failed (message says which).
     """
     if not isinstance(example_inputs, tuple):
-        raise ValueError(f"example_inputs must be a tuple of tensors, e.g. (x,), got {type(example_inputs).__name__}")
+        raise ValueError(
+            f"example_inputs must be a tuple of tensors, e.g. (x,), got {type(example_inputs).__name__}"
+        )
     if len(input_names) != len(example_inputs):
         raise ValueError(
             f"{len(input_names)} input_names for {len(example_inputs)} example inputs; give one name per input"
@@ -101,6 +103,7 @@ def export_onnx(
                 warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
                 # The legacy exporter warns that it is deprecated; it is still the one that needs no onnxscript.
                 warnings.simplefilter("ignore", category=DeprecationWarning)
+                warnings.filterwarnings("ignore", message="Constant folding", category=UserWarning)
                 try:
                     torch.onnx.export(
                         model,
@@ -139,12 +142,16 @@ def run_onnx(onnx_path: str | Path, example_inputs: tuple[torch.Tensor, ...]) ->
     sess = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
     names = [i.name for i in sess.get_inputs()]
     if len(names) != len(example_inputs):
-        raise ValueError(f"{onnx_path} has {len(names)} inputs but {len(example_inputs)} example inputs were given")
+        raise ValueError(
+            f"{onnx_path} has {len(names)} inputs but {len(example_inputs)} example inputs were given"
+        )
     feed = {n: t.detach().cpu().numpy() for n, t in zip(names, example_inputs, strict=True)}
     return sess.run(None, feed)
 
 
-def onnx_max_rel_error(model: nn.Module, onnx_path: str | Path, example_inputs: tuple[torch.Tensor, ...]) -> float:
+def onnx_max_rel_error(
+    model: nn.Module, onnx_path: str | Path, example_inputs: tuple[torch.Tensor, ...]
+) -> float:
     """Max relative error of onnxruntime vs PyTorch eager over all outputs.
 
     For each output the error is ``max|ort - torch| / max(max|torch|, 1e-12)`` (relative to the output's
@@ -162,7 +169,9 @@ def onnx_max_rel_error(model: nn.Module, onnx_path: str | Path, example_inputs: 
         model.train(was_training)
     got = run_onnx(onnx_path, example_inputs)
     if len(got) != len(ref):
-        raise ValueError(f"onnxruntime returned {len(got)} outputs, PyTorch {len(ref)}; was the file exported from this model?")
+        raise ValueError(
+            f"onnxruntime returned {len(got)} outputs, PyTorch {len(ref)}; was the file exported from this model?"
+        )
     worst = 0.0
     for i, (r, g) in enumerate(zip(ref, got, strict=True)):
         if r.shape != g.shape:

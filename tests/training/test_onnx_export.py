@@ -85,3 +85,33 @@ def test_flatten_outputs_order_and_errors():
     assert [t.item() for t in flatten_outputs({"x": a, "y": [b, (c,)]})] == [0.0, 1.0, 2.0]
     with pytest.raises(TypeError, match="not a tensor"):
         flatten_outputs([a, "label"])
+
+
+# ------------------------------------------------------------------------------ small backbones (§6)
+
+
+@pytest.mark.parametrize(
+    "name,size,kwargs",
+    [
+        ("vit_t_rvsa", (64, 64), {"img_size": 64}),
+        ("vit_t_rvsa", (96, 64), {"img_size": 64}),  # run-time pos-embed / rel-pos resize is traced too
+        ("internimage_t", (64, 64), {}),
+    ],
+)
+def test_small_backbone_onnx_parity(tmp_path, name, size, kwargs):
+    from training.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model(name, **kwargs).eval()
+    # Non-trivial deformation: official init zeroes the DCNv3 offset predictors, which would hide errors.
+    for mod in model.modules():
+        if isinstance(mod, nn.Linear) and mod.out_features % 18 == 0 and mod.weight.abs().sum() == 0:
+            nn.init.normal_(mod.weight, std=0.05)
+    x = torch.randn(1, 3, *size)
+    names = ["p4", "p8", "p16", "p32"]
+    path = export_onnx(model, (x,), tmp_path / f"{name}.onnx", ["image"], names)
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert "GridSample" in ops
+    assert onnx_max_rel_error(model, path, (x,)) < 1e-4

@@ -33,6 +33,7 @@ def dcnv3_core(
     dilation: int = 1,
     group: int = 4,
     offset_scale: float = 1.0,
+    official_grid: bool = False,
 ) -> torch.Tensor:
     """DCNv3 core op (the part the official code runs in CUDA).
 
@@ -44,6 +45,9 @@ def dcnv3_core(
         kernel_size, stride, pad, dilation: the (square) kernel geometry.
         group: number of groups G.
         offset_scale: scales both the base kernel grid and the learned offsets (2.0 in InternImage-XL).
+        official_grid: build the fixed part of the sampling grid in float32 on the zero-padded input, as the
+            official ``dcnv3_core_pytorch`` does, so float64 runs reproduce its goldens to ~1e-9 (the default
+            float64-exact grid differs from it by ~5e-7 relative). Same maths either way.
 
     Returns:
         ``(N, Ho, Wo, C)``, same dtype as ``x``.
@@ -61,12 +65,24 @@ def dcnv3_core(
     h_out = (h + 2 * pad - (extent + 1)) // stride + 1
     w_out = (w + 2 * pad - (extent + 1)) // stride + 1
     if offset.shape != (n, h_out, w_out, group * p * 2):
-        raise ValueError(f"dcnv3_core: offset shape {tuple(offset.shape)} != {(n, h_out, w_out, group * p * 2)}")
+        raise ValueError(
+            f"dcnv3_core: offset shape {tuple(offset.shape)} != {(n, h_out, w_out, group * p * 2)}"
+        )
     if mask.shape != (n, h_out, w_out, group * p):
         raise ValueError(f"dcnv3_core: mask shape {tuple(mask.shape)} != {(n, h_out, w_out, group * p)}")
 
     half = extent // 2
-    dt, dev = offset.dtype, offset.device
+    out_dtype = x.dtype
+    # Sampling coordinates reach ~image size in pixels: half precision would misplace samples by up to a
+    # pixel, so low-precision inputs are sampled in float32 and the result cast back.
+    dt = torch.promote_types(torch.promote_types(x.dtype, offset.dtype), torch.float32)
+    x, offset, mask = x.to(dt), offset.to(dt), mask.to(dt)
+    if official_grid:
+        out = _dcnv3_core_official_grid(
+            x, offset, mask, k, stride, pad, dilation, group, offset_scale, h_out, w_out
+        )
+        return out.to(out_dtype)
+    dev = offset.device
     # Kernel taps relative to the centre; point p = i*K + j uses tap i along x and tap j along y.
     taps = torch.arange(k, dtype=dt, device=dev) * dilation - half
     tap_x = taps.repeat_interleave(k)  # (P,) i-major
@@ -86,10 +102,48 @@ def dcnv3_core(
     grid = grid.reshape(n, h_out * w_out, group, p, 2).transpose(1, 2).reshape(n * group, h_out * w_out, p, 2)
 
     inp = x.permute(0, 3, 1, 2).reshape(n * group, d, h, w)
-    sampled = F.grid_sample(inp, grid.to(x.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
+    sampled = F.grid_sample(inp, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     # sampled: (N*G, D, Ho*Wo, P)
     m = mask.reshape(n, h_out * w_out, group, p).transpose(1, 2).reshape(n * group, 1, h_out * w_out, p)
-    out = (sampled * m.to(x.dtype)).sum(-1)  # (N*G, D, Ho*Wo)
+    out = (sampled * m).sum(-1)  # (N*G, D, Ho*Wo)
+    return out.reshape(n, c, h_out * w_out).transpose(1, 2).reshape(n, h_out, w_out, c).to(out_dtype)
+
+
+def _dcnv3_core_official_grid(
+    x: torch.Tensor,
+    offset: torch.Tensor,
+    mask: torch.Tensor,
+    k: int,
+    stride: int,
+    pad: int,
+    dilation: int,
+    group: int,
+    offset_scale: float,
+    h_out: int,
+    w_out: int,
+) -> torch.Tensor:
+    """:func:`dcnv3_core` with the official float32 grid construction (normalised by the padded size)."""
+    n, _, _, c = x.shape
+    d, p = c // group, k * k
+    xp = F.pad(x, (0, 0, pad, pad, pad, pad))
+    hp, wp = xp.shape[1], xp.shape[2]
+    half = (dilation * (k - 1)) // 2
+    f32, dev = torch.float32, x.device
+    ys = torch.linspace(half + 0.5, half + 0.5 + (h_out - 1) * stride, h_out, dtype=f32, device=dev)
+    xs = torch.linspace(half + 0.5, half + 0.5 + (w_out - 1) * stride, w_out, dtype=f32, device=dev)
+    ref_y, ref_x = torch.meshgrid(ys, xs, indexing="ij")
+    ref = torch.stack((ref_x.reshape(-1) / wp, ref_y.reshape(-1) / hp), -1).reshape(1, h_out, w_out, 1, 2)
+    taps = torch.linspace(-half, -half + (k - 1) * dilation, k, dtype=f32, device=dev)
+    kx, ky = torch.meshgrid(taps, taps, indexing="ij")  # x-major point order
+    kern = torch.stack((kx / wp, ky / hp), -1).reshape(p, 1, 2).repeat(1, group, 1).permute(1, 0, 2)
+    base = (ref + kern.reshape(1, 1, 1, group * p, 2) * offset_scale).flatten(3, 4)  # float32
+    norm = torch.tensor([wp, hp], device=dev).repeat(group * p).view(1, 1, 1, -1)
+    loc = base + offset * offset_scale / norm
+    grid = (2 * loc - 1).view(n, h_out * w_out, group, p, 2).transpose(1, 2).flatten(0, 1)
+    inp = xp.reshape(n, hp * wp, c).transpose(1, 2).reshape(n * group, d, hp, wp)
+    sampled = F.grid_sample(inp, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    m = mask.reshape(n, h_out * w_out, group, p).transpose(1, 2).reshape(n * group, 1, h_out * w_out, p)
+    out = (sampled * m).sum(-1)
     return out.reshape(n, c, h_out * w_out).transpose(1, 2).reshape(n, h_out, w_out, c)
 
 
@@ -114,6 +168,7 @@ class DCNv3(nn.Module):
         group: G; ``channels % group == 0``.
         offset_scale: see :func:`dcnv3_core`.
         norm_eps: LayerNorm epsilon (1e-6 in the official build_norm_layer).
+        official_grid: see :func:`dcnv3_core` (for parity tests with the official float32 grid).
     """
 
     def __init__(
@@ -127,8 +182,10 @@ class DCNv3(nn.Module):
         group: int = 4,
         offset_scale: float = 1.0,
         norm_eps: float = 1e-6,
+        official_grid: bool = False,
     ) -> None:
         super().__init__()
+        self.official_grid = official_grid
         if channels % group:
             raise ValueError(f"DCNv3: channels ({channels}) must be divisible by group ({group})")
         dw_k = dw_kernel_size if dw_kernel_size is not None else kernel_size
@@ -163,6 +220,15 @@ class DCNv3(nn.Module):
         offset = self.offset(x1)
         mask = self.mask(x1).reshape(n, h, w, self.group, -1).softmax(dim=-1).reshape(n, h, w, -1)
         y = dcnv3_core(
-            x_proj, offset, mask, self.kernel_size, self.stride, self.pad, self.dilation, self.group, self.offset_scale
+            x_proj,
+            offset,
+            mask,
+            self.kernel_size,
+            self.stride,
+            self.pad,
+            self.dilation,
+            self.group,
+            self.offset_scale,
+            official_grid=self.official_grid,
         )
         return self.output_proj(y)

@@ -29,9 +29,11 @@ import torch.nn.functional as F
 __all__ = [
     "norm_angle",
     "regularize_rboxes",
+    "rbox_to_corners",
     "rbox_to_poly",
     "poly_to_rbox",
     "rbox_to_hbox",
+    "hbox_to_rbox",
     "min_area_rect",
     "rbox_area",
     "rbox_iou",
@@ -186,7 +188,9 @@ def _inside_convex(points: torch.Tensor, corners: torch.Tensor, eps: float) -> t
 def _intersection_area(c1: torch.Tensor, c2: torch.Tensor) -> torch.Tensor:
     """Exact area of the intersection of convex quads ``c1, c2 (..., 4, 2)`` -> ``(...)``."""
     scale = torch.maximum(c1.abs().amax((-1, -2)), c2.abs().amax((-1, -2))).clamp(min=1.0)
-    eps = 1e-6 * scale.unsqueeze(-1) ** 2
+    # Tolerance for "on the edge" (a cross product, so squared length units); on-edge vertices are
+    # also found as edge crossings, so a tight tolerance loses nothing.
+    eps = (16 * torch.finfo(c1.dtype).eps * scale**2)[..., None, None]
     in1 = _inside_convex(c1, c2, eps)  # vertices of quad 1 inside quad 2: (..., 4)
     in2 = _inside_convex(c2, c1, eps)
     # Edge crossings: segment p + t r (quad 1) against q + s e (quad 2), all 16 pairs.
@@ -218,37 +222,48 @@ def _intersection_area(c1: torch.Tensor, c2: torch.Tensor) -> torch.Tensor:
     return torch.where(valid.sum(-1) >= 3, area, torch.zeros_like(area))
 
 
-def rbox_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, chunk_size: int = 256) -> torch.Tensor:
+def rbox_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, chunk_size: int = 65536) -> torch.Tensor:
     """IoU matrix of rotated boxes.
+
+    Only pairs whose axis-aligned hulls overlap go through the exact polygon intersection (usually a
+    small fraction), ``chunk_size`` pairs at a time to bound memory.
 
     Args:
         boxes1: ``(N, 5)``; boxes2: ``(M, 5)`` (cx, cy, w, h, a).
-        chunk_size: rows of ``boxes1`` processed at once (memory ~ chunk_size * M * 24 points).
 
     Returns:
         ``(N, M)`` IoU in [0, 1]; pairs with a zero-area box give 0.
     """
     n, m = boxes1.shape[0], boxes2.shape[0]
+    out = boxes1.new_zeros((n, m))
     if n == 0 or m == 0:
-        return boxes1.new_zeros((n, m))
-    c2 = rbox_to_corners(boxes2).unsqueeze(0)  # (1, M, 4, 2)
-    # Compute relative to each pair's first box centre: large pixel coordinates lose float32 precision.
-    a2 = rbox_area(boxes2)
-    out = []
-    for start in range(0, n, chunk_size):
-        b1 = boxes1[start : start + chunk_size]
-        origin = b1[:, None, None, :2]
-        c1 = rbox_to_corners(b1).unsqueeze(1)  # (n, 1, 4, 2)
-        inter = _intersection_area((c1 - origin).expand(-1, m, -1, -1), c2 - origin)
-        union = rbox_area(b1)[:, None] + a2[None, :] - inter
-        out.append(torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(inter)))
-    return torch.cat(out, 0).clamp(0, 1)
+        return out
+    i_idx, j_idx = _hull_overlap_pairs(rbox_to_hbox(boxes1), rbox_to_hbox(boxes2))
+    for start in range(0, i_idx.numel(), chunk_size):
+        i, j = i_idx[start : start + chunk_size], j_idx[start : start + chunk_size]
+        out[i, j] = rbox_iou_pairwise(boxes1[i], boxes2[j])
+    return out
+
+
+def _hull_overlap_pairs(hull1: torch.Tensor, hull2: torch.Tensor, rows: int = 1024):
+    """Index pairs ``(i, j)`` whose xyxy boxes overlap with positive area, computed in row chunks."""
+    found_i, found_j = [], []
+    for start in range(0, hull1.shape[0], rows):
+        h = hull1[start : start + rows]
+        lt = torch.maximum(h[:, None, :2], hull2[None, :, :2])
+        rb = torch.minimum(h[:, None, 2:], hull2[None, :, 2:])
+        i, j = torch.nonzero(((rb - lt) > 0).all(-1), as_tuple=True)
+        found_i.append(i + start)
+        found_j.append(j)
+    return torch.cat(found_i), torch.cat(found_j)
 
 
 def rbox_iou_pairwise(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
     """IoU of aligned pairs: ``(N, 5)`` and ``(N, 5)`` -> ``(N,)``."""
     if boxes1.shape != boxes2.shape:
-        raise ValueError(f"pairwise IoU needs equal shapes, got {tuple(boxes1.shape)} and {tuple(boxes2.shape)}")
+        raise ValueError(
+            f"pairwise IoU needs equal shapes, got {tuple(boxes1.shape)} and {tuple(boxes2.shape)}"
+        )
     origin = boxes1[:, None, :2]
     inter = _intersection_area(rbox_to_corners(boxes1) - origin, rbox_to_corners(boxes2) - origin)
     union = rbox_area(boxes1) + rbox_area(boxes2) - inter
@@ -268,17 +283,25 @@ def rotated_nms(rboxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float
     if rboxes.shape[0] == 0:
         return torch.empty(0, dtype=torch.long, device=rboxes.device)
     order = scores.argsort(descending=True, stable=True)
-    iou = rbox_iou(rboxes[order], rboxes[order]) > iou_threshold
+    boxes = rboxes[order]
     n = order.numel()
-    removed = torch.zeros(n, dtype=torch.bool, device=rboxes.device)
+    # Exact IoU only for pairs whose axis-aligned hulls overlap (usually a small fraction of all pairs).
+    hull = rbox_to_hbox(boxes)
+    i_idx, j_idx = _hull_overlap_pairs(hull, hull)
+    later = j_idx > i_idx  # only a higher-scoring box can suppress a lower-scoring one
+    i_idx, j_idx = i_idx[later], j_idx[later]
+    suppress = torch.zeros((n, n), dtype=torch.bool)
+    for start in range(0, i_idx.numel(), 65536):
+        i, j = i_idx[start : start + 65536], j_idx[start : start + 65536]
+        over = (rbox_iou_pairwise(boxes[i], boxes[j]) > iou_threshold).cpu()
+        suppress[i[over].cpu(), j[over].cpu()] = True
+    removed = torch.zeros(n, dtype=torch.bool)
     keep = []
-    iou_cpu = iou.cpu()
-    removed_cpu = removed.cpu()
     for i in range(n):
-        if removed_cpu[i]:
+        if removed[i]:
             continue
         keep.append(i)
-        removed_cpu |= iou_cpu[i]
+        removed |= suppress[i]
     return order[torch.tensor(keep, dtype=torch.long, device=rboxes.device)]
 
 
@@ -287,15 +310,15 @@ def batched_rotated_nms(
 ) -> torch.Tensor:
     """Class-aware rotated NMS: boxes of different ``labels`` never suppress each other.
 
-    Boxes of each class are shifted by a class-specific offset larger than any coordinate (the
-    torchvision ``batched_nms`` trick; a translation keeps rotated IoU exact).
+    Returns:
+        int64 indices of kept boxes, by decreasing score.
     """
-    if rboxes.shape[0] == 0:
+    keep = [idx[rotated_nms(rboxes[idx], scores[idx], iou_threshold)]
+            for idx in (torch.nonzero(labels == c).flatten() for c in labels.unique())]  # fmt: skip
+    if not keep:
         return torch.empty(0, dtype=torch.long, device=rboxes.device)
-    extent = rboxes[:, :2].abs().max() + rboxes[:, 2:4].max() + 1
-    shifted = rboxes.clone()
-    shifted[:, :2] += (labels.to(rboxes.dtype) * 2 * extent)[:, None]
-    return rotated_nms(shifted, scores, iou_threshold)
+    keep_t = torch.cat(keep)
+    return keep_t[scores[keep_t].argsort(descending=True, stable=True)]
 
 
 def rotated_roi_align(
@@ -346,7 +369,8 @@ def rotated_roi_align(
         sx = torch.ceil(rw / pw).clamp(min=1).long()
         key = sy * 100000 + sx
         groups = [
-            (torch.nonzero(key == k).flatten(), int(k) // 100000, int(k) % 100000) for k in key.unique().tolist()
+            (torch.nonzero(key == k).flatten(), int(k) // 100000, int(k) % 100000)
+            for k in key.unique().tolist()
         ]
     out = features.new_zeros((r, c, ph, pw))
     for idx, sy, sx in groups:
@@ -357,31 +381,32 @@ def rotated_roi_align(
 
 
 def _rotated_roi_align_fixed(features, batch_idx, cx, cy, rw, rh, angle, ph, pw, sy, sx):
-    """Worker of :func:`rotated_roi_align` for a fixed sample count ``sy x sx`` per bin."""
+    """Worker of :func:`rotated_roi_align` for a fixed sample count ``sy x sx`` per bin.
+
+    One ``grid_sample`` per sub-sample position keeps memory at ``R x C x PH x PW``.
+    """
     b, c, h, w = features.shape
     r = cx.shape[0]
     dev, dt = features.device, features.dtype
-    # Sample offsets in the box frame, (R, PH*sy) along v and (R, PW*sx) along u.
-    fy = (torch.arange(ph * sy, device=dev, dtype=dt) + 0.5) / (ph * sy)
-    fx = (torch.arange(pw * sx, device=dev, dtype=dt) + 0.5) / (pw * sx)
-    yy = (fy[None, :] - 0.5) * rh[:, None]
-    xx = (fx[None, :] - 0.5) * rw[:, None]
     cos, sin = torch.cos(angle)[:, None, None], torch.sin(angle)[:, None, None]
-    xx, yy = xx[:, None, :], yy[:, :, None]  # (R, 1, X), (R, Y, 1)
-    x = cx[:, None, None] + xx * cos + yy * sin  # u = (cos, -sin), v = (sin, cos)
-    y = cy[:, None, None] - xx * sin + yy * cos
-    valid = (y >= -1) & (y <= h) & (x >= -1) & (x <= w)
-    x = x.clamp(0, w - 1)
-    y = y.clamp(0, h - 1)
-    # align_corners=True maps -1..1 to pixel centres 0..W-1; clamped coordinates make it exact bilinear.
-    gx = x / max(w - 1, 1) * 2 - 1 if w > 1 else torch.zeros_like(x)
-    gy = y / max(h - 1, 1) * 2 - 1 if h > 1 else torch.zeros_like(y)
-    grid = torch.stack([gx, gy], dim=-1)  # (R, Y, X, 2)
-    out = features.new_zeros((r, c, ph * sy, pw * sx))
-    for bi in batch_idx.unique().tolist():
-        sel = torch.nonzero(batch_idx == bi).flatten()
-        g = grid[sel].reshape(1, -1, pw * sx, 2)
-        sampled = F.grid_sample(features[bi : bi + 1], g, mode="bilinear", padding_mode="border", align_corners=True)
-        out[sel] = sampled.reshape(c, sel.numel(), ph * sy, pw * sx).transpose(0, 1)
-    out = out * valid[:, None].to(dt)
-    return F.avg_pool2d(out, kernel_size=(sy, sx), stride=(sy, sx))
+    bin_y = (torch.arange(ph, device=dev, dtype=dt) / ph - 0.5)[None, :, None]  # bin starts, (1, PH, 1)
+    bin_x = (torch.arange(pw, device=dev, dtype=dt) / pw - 0.5)[None, None, :]
+    images = [(bi, torch.nonzero(batch_idx == bi).flatten()) for bi in batch_idx.unique().tolist()]
+    out = features.new_zeros((r, c, ph, pw))
+    for iy in range(sy):
+        # Offsets in the box frame at sub-sample (iy, ix) of every bin: (R, PH, 1) along v, (R, 1, PW) along u.
+        yy = (bin_y + (iy + 0.5) / (sy * ph)) * rh[:, None, None]
+        for ix in range(sx):
+            xx = (bin_x + (ix + 0.5) / (sx * pw)) * rw[:, None, None]
+            x = cx[:, None, None] + xx * cos + yy * sin  # u = (cos, -sin), v = (sin, cos)
+            y = cy[:, None, None] - xx * sin + yy * cos
+            valid = ((y >= -1) & (y <= h) & (x >= -1) & (x <= w)).to(dt)
+            # align_corners=True maps -1..1 to pixel centres 0..W-1; clamped coordinates make it exact bilinear.
+            gx = x.clamp(0, w - 1) / max(w - 1, 1) * 2 - 1
+            gy = y.clamp(0, h - 1) / max(h - 1, 1) * 2 - 1
+            grid = torch.stack([gx, gy], dim=-1)  # (R, PH, PW, 2)
+            for bi, sel in images:
+                sampled = F.grid_sample(features[bi : bi + 1], grid[sel].reshape(1, -1, pw, 2), mode="bilinear",
+                                        padding_mode="border", align_corners=True)  # fmt: skip
+                out[sel] += sampled.reshape(c, sel.numel(), ph, pw).transpose(0, 1) * valid[sel, None]
+    return out / (sy * sx)

@@ -1,0 +1,656 @@
+"""Fact sheet: deterministic, numbered facts about one raster, built from perception OUTPUT files.
+
+Everything the chat may state as a number, count, area, class or box comes from here (CHAT_DESIGN §6.1).
+The language model only phrases facts and cites their IDs (``[F12]``); :mod:`backend.chat.verifier`
+checks every number and class it writes against :class:`FactSheet`.
+
+Inputs (all optional except the raster):
+
+* ``raster`` — the source image (GeoTIFF or anything rasterio opens): CRS, geotransform, size, bands,
+  acquisition date (GDAL tags ``TIFFTAG_DATETIME`` / ``ACQUISITIONDATETIME`` / ``DATE``).
+* outputs of the perception jobs, each a :class:`PerceptionOutput`:
+
+  - ``semantic_segmentation``: a class-index GeoTIFF (band 1, uint8, colour table). Class names come from
+    ``classes``, the raster's ``classes`` / ``class_names`` tag (JSON list), band-1 tags ``CLASS_<i>``
+    (what ``backend.outputs`` writes), or a sibling ``.qml`` paletted style
+    (``<paletteEntry value=.. label=..>``), in that order.
+  - ``object_detection`` / ``rotated_detection`` / ``instance_segmentation``: a GeoPackage layer of
+    polygons with fields ``class_name`` and ``score`` (other fields are ignored). The detector's full class
+    list (so absent classes count as 0) comes from ``classes``, the layer metadata key ``classes``, or the
+    sibling ``.qml`` categorized style (categories on ``class_id`` labelled with class names).
+  - ``scene_classification``: a GeoPackage layer of tile polygons with ``class_name`` and ``score``.
+
+Units: areas in km² (m² below 0.01 km²), distances in metres, GSD in metres per pixel, pixel boxes
+``[x0, y0, x1, y1]`` in pixel columns/rows of the source raster (origin top-left), map coordinates in the
+raster's CRS (and WGS84 lon/lat where the CRS is known).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import xml.etree.ElementTree as ET  # noqa: S405 - parses our own .qml style files, not untrusted input
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from backend.errors import BadRequestError
+
+log = logging.getLogger(__name__)
+
+SEGMENTATION = "semantic_segmentation"
+OBJECT_TASKS = ("object_detection", "rotated_detection", "instance_segmentation")
+SCENE = "scene_classification"
+TASKS = (SEGMENTATION, *OBJECT_TASKS, SCENE)
+
+
+class FactSheetError(BadRequestError):
+    """An input to the fact sheet cannot be read; the message says which and how to fix it (400)."""
+
+    code = "bad_chat_input"
+
+
+@dataclass
+class Fact:
+    """One numbered fact.
+
+    Attributes:
+        id: ``"F7"``.
+        kind: ``meta``, ``landcover``, ``count``, ``object``, ``relation``, ``scene`` or ``absent``.
+        text: one line, exactly the wording shown to the LM (numbers already rounded).
+        values: every number stated in ``text`` (after rounding), for the verifier.
+        classes: class names this fact is about (normalised, see :func:`norm_class`).
+        data: machine-readable payload (e.g. ``{"class": "ship", "count": 3}``).
+        geometry: GeoJSON geometry in the raster CRS for facts the plugin can draw (objects), else None.
+    """
+
+    id: str
+    kind: str
+    text: str
+    values: list[float] = field(default_factory=list)
+    classes: list[str] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+    geometry: dict | None = None
+
+
+@dataclass
+class PerceptionOutput:
+    """One perception output file.
+
+    Args:
+        path: GeoTIFF (segmentation) or GeoPackage (objects / scene tiles).
+        task: one of :data:`TASKS`; inferred from the suffix when None (``.tif`` → segmentation,
+            ``.gpkg`` → object_detection).
+        layer: GeoPackage layer name (first layer when None).
+        classes: the model's full class list in index order; lets the sheet say "0 ships detected"
+            (a detector that knows ships found none) instead of "cannot tell".
+        model: model id for provenance.
+    """
+
+    path: str
+    task: str | None = None
+    layer: str | None = None
+    classes: list[str] | None = None
+    model: str | None = None
+
+    def resolved_task(self) -> str:
+        if self.task:
+            if self.task not in TASKS:
+                raise FactSheetError(f"unknown task {self.task!r} for {self.path}; use one of {', '.join(TASKS)}")
+            return self.task
+        suffix = Path(self.path).suffix.lower()
+        if suffix in (".tif", ".tiff", ".vrt", ".img"):
+            return SEGMENTATION
+        if suffix in (".gpkg", ".geojson", ".shp", ".fgb"):
+            return "object_detection"
+        raise FactSheetError(f"cannot infer the task of {self.path}; pass task= one of {', '.join(TASKS)}")
+
+
+def norm_class(name: str) -> str:
+    """Canonical class key: lower case, ``_``/``-`` → space, trailing plural removed.
+
+    ``"Storage_Tanks"`` → ``"storage tank"``; ``"ships"`` → ``"ship"``.
+    """
+    s = re.sub(r"[_\-]+", " ", name.strip().lower())
+    s = re.sub(r"\s+", " ", s)
+    words = s.split(" ")
+    last = words[-1]
+    if len(last) > 3 and not last.endswith("ss"):
+        if last.endswith("ies"):
+            last = last[:-3] + "y"
+        elif last.endswith(("ches", "shes", "xes", "sses")):
+            last = last[:-2]
+        elif last.endswith("s") and not last.endswith("us"):
+            last = last[:-1]
+    words[-1] = last
+    return " ".join(words)
+
+
+def display_class(name: str) -> str:
+    """Human wording of a class name: ``storage_tank`` → ``storage tank``."""
+    return re.sub(r"[_\-]+", " ", name.strip())
+
+
+def fmt_num(x: float, digits: int = 3) -> str:
+    """Round to ``digits`` significant digits, no exponent, no trailing zeros (``0.0123``, ``1230``)."""
+    if x == 0 or not math.isfinite(x):
+        return "0" if x == 0 else str(x)
+    mag = int(math.floor(math.log10(abs(x))))
+    dec = max(0, digits - 1 - mag)
+    s = f"{round(x, dec):.{dec}f}"
+    if "." in s:
+        s = s.rstrip("0").rstrip(".")
+    return s
+
+
+def numbers_in(text: str) -> list[float]:
+    """Every number written in ``text`` except fact/object IDs (``F12``, ``O3``) and CRS codes."""
+    text = re.sub(r"\[?\b[FO]\d+\]?", " ", text)
+    text = re.sub(r"EPSG:\d+", " ", text)
+    return [float(m.replace(",", "")) for m in re.findall(r"-?\d[\d,]*(?:\.\d+)?", text)]
+
+
+@dataclass
+class RasterInfo:
+    path: str
+    width_px: int
+    height_px: int
+    band_count: int
+    band_names: list[str]
+    crs: str | None  # authority id ("EPSG:32640") or WKT, None when ungeoreferenced
+    crs_is_geographic: bool
+    transform: tuple[float, ...]  # affine a, b, c, d, e, f of the full raster
+    gsd_m: float | None
+    date: str | None
+    window: tuple[int, int, int, int]  # col_off, row_off, width, height of the area asked about
+
+
+def _gsd_m(transform, crs, height_px: int) -> float | None:
+    if crs is None:
+        return None
+    res_x, res_y = abs(transform.a), abs(transform.e)
+    if crs.is_geographic:
+        lat = transform.f + transform.e * height_px / 2
+        return float(math.sqrt((res_x * 111_320 * math.cos(math.radians(lat))) * (res_y * 110_540)))
+    factor = crs.linear_units_factor[1] if crs.linear_units_factor else 1.0
+    return float(math.sqrt(res_x * res_y) * factor)
+
+
+def read_raster_info(path: str, bbox: list[float] | None = None, gsd_m: float | None = None) -> RasterInfo:
+    """Metadata of ``path`` and the pixel window covering ``bbox`` (raster CRS; whole raster if None)."""
+    import rasterio
+    from rasterio.windows import Window, from_bounds
+
+    if not Path(path).exists():
+        raise FactSheetError(f"raster {path} does not exist; pass the path of the selected layer's file")
+    with rasterio.open(path) as src:
+        crs = src.crs
+        tags = src.tags()
+        date = next((tags[k] for k in ("ACQUISITIONDATETIME", "TIFFTAG_DATETIME", "DATE", "date",
+                                       "acquisition_date") if k in tags), None)
+        names = [d or f"band {i + 1}" for i, d in enumerate(src.descriptions)]
+        if bbox is not None:
+            if len(bbox) != 4:
+                raise FactSheetError(f"bbox must be [minx, miny, maxx, maxy] in the raster CRS, got {bbox}")
+            from rasterio.errors import WindowError
+
+            try:
+                win = from_bounds(*bbox, transform=src.transform).round_offsets().round_lengths()
+                win = win.intersection(Window(0, 0, src.width, src.height))
+            except WindowError:
+                win = Window(0, 0, 0, 0)
+            window = (int(win.col_off), int(win.row_off), int(win.width), int(win.height))
+            if window[2] <= 0 or window[3] <= 0:
+                raise FactSheetError(f"bbox {bbox} does not overlap raster {path} (bounds {tuple(src.bounds)})")
+        else:
+            window = (0, 0, src.width, src.height)
+        georef = crs is not None and not src.transform.is_identity
+        return RasterInfo(
+            path=str(path), width_px=src.width, height_px=src.height, band_count=src.count, band_names=names,
+            crs=(crs.to_string() if georef else None), crs_is_geographic=bool(georef and crs.is_geographic),
+            transform=tuple(src.transform)[:6],
+            gsd_m=gsd_m if gsd_m is not None else (_gsd_m(src.transform, crs, src.height) if georef else None),
+            date=date, window=window,
+        )
+
+
+# ----------------------------------------------------------------------------------------------- readers
+
+
+def _qml_labels(tif: Path) -> dict[int, str]:
+    qml = tif.with_suffix(".qml")
+    if not qml.exists():
+        return {}
+    root = ET.parse(qml).getroot()  # noqa: S314 - our own style file
+    return {int(e.get("value")): e.get("label") for e in root.iter("paletteEntry") if e.get("label")}
+
+
+def segmentation_histograms(out: PerceptionOutput, info: RasterInfo, chunk_rows: int = 512
+                            ) -> tuple[list[str], np.ndarray]:
+    """Pixel counts per class per quadrant of the asked window.
+
+    Returns:
+        (class_names, counts) with ``counts`` of shape ``4 x K`` (quadrants NW, NE, SW, SE), int64.
+        Read in row chunks so memory stays bounded for big rasters.
+    """
+    import rasterio
+    from rasterio.windows import Window
+
+    path = Path(out.path)
+    if not path.exists():
+        raise FactSheetError(f"segmentation output {path} does not exist; run the segmentation job first")
+    with rasterio.open(path) as src:
+        georef = info.crs is not None and src.crs is not None and not src.transform.is_identity
+        if georef:
+            # the output may cover only the job's bbox: locate the asked area in the output's own grid
+            from affine import Affine
+            from rasterio.windows import from_bounds
+
+            tf = Affine(*info.transform)
+            c0, r0, w0, h0 = info.window
+            (x0, y1), (x1, y0) = tf @ (c0, r0 + h0), tf @ (c0 + w0, r0)
+            win = from_bounds(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1), transform=src.transform)
+            try:
+                win = win.round_offsets().round_lengths().intersection(Window(0, 0, src.width, src.height))
+            except Exception as e:  # WindowError: the output does not cover the asked area
+                raise FactSheetError(f"segmentation output {path} does not cover the asked area; run the "
+                                     "segmentation on this extent") from e
+            window = (int(win.col_off), int(win.row_off), int(win.width), int(win.height))
+        elif (src.width, src.height) == (info.width_px, info.height_px):
+            window = info.window
+        else:
+            raise FactSheetError(
+                f"segmentation output {path} is {src.width}x{src.height} px, has no georeference, and the raster "
+                f"is {info.width_px}x{info.height_px}; pass the output made from this raster")
+        names = list(out.classes or [])
+        if not names:
+            tag = src.tags().get("classes") or src.tags().get("class_names")
+            if tag:
+                names = list(json.loads(tag))
+        if not names:  # backend.outputs.ClassRasterWriter: band-1 tags CLASS_0, CLASS_1, ...
+            band = {int(k[6:]): v for k, v in src.tags(1).items() if k.startswith("CLASS_") and k[6:].isdigit()}
+            if band:
+                names = [band.get(i, f"class_{i}") for i in range(max(band) + 1)]
+        labels = _qml_labels(path) if not names else {}
+        nodata = src.nodata
+        col0, row0, w, h = window
+        mid_c, mid_r = col0 + w // 2, row0 + h // 2
+        hist: list[np.ndarray] = [np.zeros(0, np.int64) for _ in range(4)]
+        for r in range(row0, row0 + h, chunk_rows):
+            rows = min(chunk_rows, row0 + h - r)
+            a = src.read(1, window=Window(col0, r, w, rows))
+            rr = np.arange(r, r + rows)[:, None]
+            cc = np.arange(col0, col0 + w)[None, :]
+            quad = (rr >= mid_r).astype(np.int64) * 2 + (cc >= mid_c)
+            valid = np.ones_like(a, bool) if nodata is None else a != nodata
+            for q in range(4):
+                sel = a[valid & (quad == q)].astype(np.int64)
+                b = np.bincount(sel, minlength=len(hist[q]))
+                hist[q] = np.pad(hist[q], (0, max(0, len(b) - len(hist[q])))) + b
+        k = max(max(len(x) for x in hist), len(names), (max(labels) + 1) if labels else 0)
+        counts = np.stack([np.pad(x, (0, k - len(x))) for x in hist])
+    if not names:
+        names = [labels.get(i, f"class_{i}") for i in range(k)]
+    if len(names) < k:
+        raise FactSheetError(f"{path} holds class index {k - 1} but only {len(names)} class names were given")
+    return names[:k] if len(names) > k else names, counts
+
+
+@dataclass
+class DetectedObject:
+    cls: str
+    score: float
+    geometry: Any  # shapely geometry in the raster CRS (or pixel space when ungeoreferenced)
+    task: str
+
+
+def read_objects(out: PerceptionOutput) -> list[DetectedObject]:
+    """Features of a detection / instance / scene GeoPackage layer (fields ``class_name``, ``score``)."""
+    import pyogrio
+    import shapely
+
+    path = Path(out.path)
+    if not path.exists():
+        raise FactSheetError(f"vector output {path} does not exist; run the job first or fix the path")
+    try:
+        _meta, _fids, geoms, fields = pyogrio.raw.read(str(path), layer=out.layer)
+    except Exception as e:  # pyogrio raises DataSourceError / DataLayerError
+        raise FactSheetError(f"cannot read layer {out.layer!r} of {path}: {e}") from e
+    names = list(_meta["fields"])
+    if "class_name" not in names:
+        raise FactSheetError(f"{path} layer {out.layer!r} has no 'class_name' field (fields: {names})")
+    if not out.classes:
+        out.classes = _vector_classes(path, out.layer)
+    cls = fields[names.index("class_name")]
+    score = fields[names.index("score")] if "score" in names else np.ones(len(cls))
+    shapes = shapely.from_wkb(geoms)
+    return [DetectedObject(str(c), float(s), g, out.resolved_task())
+            for c, s, g in zip(cls, score, shapes, strict=True) if g is not None]
+
+
+def _vector_classes(path: Path, layer: str | None) -> list[str] | None:
+    """The detector's full class list for a vector output, so absent classes can be reported as 0.
+
+    Looked up in the layer's metadata key ``classes`` (JSON list), then in the dataset metadata, then in a
+    sibling ``.qml`` categorized style (``<category value=...>``). None when none of these exist.
+    """
+    import pyogrio
+
+    try:
+        meta = pyogrio.read_info(str(path), layer=layer)
+        for md in (meta.get("layer_metadata") or {}, meta.get("dataset_metadata") or {}):
+            if md.get("classes"):
+                return [str(c) for c in json.loads(md["classes"])]
+    except Exception as e:  # metadata is optional; a malformed entry must not hide the objects themselves
+        log.warning("ignoring unreadable class metadata of %s: %s", path, e)
+    qml = path.with_suffix(".qml")
+    if qml.exists():
+        cats = [(e.get("value"), e.get("label") or e.get("value"))
+                for e in ET.parse(qml).getroot().iter("category") if e.get("value")]  # noqa: S314
+        if cats and all(v.isdigit() for v, _ in cats):  # categories on class_id (backend.outputs.vector_qml)
+            return [label for _, label in sorted(cats, key=lambda c: int(c[0]))]
+        return [label for _, label in cats] or None
+    return None
+
+
+def read_coco_objects(annotations: dict, image_id: int, score: float = 1.0) -> list[DetectedObject]:
+    """Ground-truth objects of one COCO image as :class:`DetectedObject` in pixel space (for evaluation)."""
+    import shapely
+
+    cats = {c["id"]: c["name"] for c in annotations["categories"]}
+    objs = []
+    for a in annotations["annotations"]:
+        if a["image_id"] == image_id:
+            x, y, w, h = a["bbox"]
+            objs.append(DetectedObject(cats[a["category_id"]], score, shapely.box(x, y, x + w, y + h),
+                                       "object_detection"))
+    return objs
+
+
+# ------------------------------------------------------------------------------------------- the sheet
+
+
+QUADRANTS = ("north-west", "north-east", "south-west", "south-east")
+
+
+@dataclass
+class FactSheet:
+    """Numbered facts plus the vocabulary the verifier needs.
+
+    Attributes:
+        facts: in ID order (``F1`` first).
+        known_classes: normalised class name → display name, for every class some model can output
+            (present or not).
+        present_classes: normalised names with at least one object above threshold or >0 area.
+        score_threshold: objects below it were not counted.
+    """
+
+    facts: list[Fact]
+    known_classes: dict[str, str]
+    present_classes: set[str]
+    score_threshold: float
+    info: RasterInfo | None = None
+
+    def by_id(self, fid: str) -> Fact | None:
+        fid = fid.strip("[]")
+        return next((f for f in self.facts if f.id == fid), None)
+
+    def by_kind(self, kind: str) -> list[Fact]:
+        return [f for f in self.facts if f.kind == kind]
+
+    def for_class(self, cls: str, kind: str | None = None) -> list[Fact]:
+        key = norm_class(cls)
+        return [f for f in self.facts if key in f.classes and (kind is None or f.kind == kind)]
+
+    def all_values(self) -> list[float]:
+        return [v for f in self.facts for v in f.values]
+
+    def to_text(self) -> str:
+        """Compact prompt text, one fact per line: ``[F3] 4 ship detected (score >= 0.3).``"""
+        return "\n".join(f"[{f.id}] {f.text}" for f in self.facts)
+
+    def to_json(self) -> dict:
+        return {"facts": [asdict(f) for f in self.facts], "known_classes": sorted(self.known_classes.values()),
+                "present_classes": sorted(self.known_classes.get(c, c) for c in self.present_classes),
+                "score_threshold": self.score_threshold,
+                "raster": asdict(self.info) if self.info else None}
+
+
+class _Builder:
+    def __init__(self) -> None:
+        self.facts: list[Fact] = []
+
+    def add(self, kind: str, text: str, *, classes: list[str] | None = None, data: dict | None = None,
+            geometry: dict | None = None) -> Fact:
+        f = Fact(f"F{len(self.facts) + 1}", kind, text, numbers_in(text), [norm_class(c) for c in classes or []],
+                 data or {}, geometry)
+        self.facts.append(f)
+        return f
+
+
+def _area_text(km2: float) -> str:
+    return f"{fmt_num(km2)} km²" if km2 >= 0.01 else f"{fmt_num(km2 * 1e6)} m²"
+
+
+def build_fact_sheet(raster: str, outputs: list[PerceptionOutput] | None = None, *, bbox: list[float] | None = None,
+                     score_threshold: float = 0.3, top_n: int = 10, gsd_m: float | None = None,
+                     objects: list[DetectedObject] | None = None, object_classes: list[str] | None = None,
+                     ) -> FactSheet:
+    """Build the fact sheet of ``raster`` (restricted to ``bbox``) from perception outputs.
+
+    Args:
+        raster: path of the source raster.
+        outputs: perception output files (see module docstring).
+        bbox: ``[minx, miny, maxx, maxy]`` in the raster CRS, or None for the whole raster.
+        score_threshold: objects with ``score < score_threshold`` are ignored (stated in the facts).
+        top_n: how many objects get their own fact (highest score first).
+        gsd_m: overrides the GSD derived from the geotransform (needed for ungeoreferenced images).
+        objects, object_classes: already-read objects in raster CRS / pixel space and the detector's
+            class list (used by the evaluation on COCO ground truth).
+
+    Returns:
+        The :class:`FactSheet`.
+
+    Raises:
+        FactSheetError: an input is missing, unreadable or does not match the raster.
+    """
+    import shapely
+    from affine import Affine
+
+    info = read_raster_info(raster, bbox, gsd_m)
+    outputs = outputs or []
+    b = _Builder()
+    known: dict[str, str] = {}
+    present: set[str] = set()
+    col0, row0, w, h = info.window
+    tf = Affine(*info.transform)
+    inv = ~tf
+    px_area_m2 = info.gsd_m**2 if info.gsd_m else None
+
+    # --- metadata
+    parts = [f"Image {w} x {h} px", f"{info.band_count} band(s)"]
+    if info.gsd_m:
+        parts.append(f"GSD {fmt_num(info.gsd_m)} m/px")
+        parts.append(f"covering {_area_text(w * h * px_area_m2 / 1e6)}")
+    else:
+        parts.append("GSD unknown (no georeference): areas in pixels only")
+    parts.append(f"CRS {info.crs}" if info.crs else "no CRS")
+    if info.date:
+        parts.append(f"acquired {info.date}")
+    else:
+        parts.append("acquisition date unknown")
+    b.add("meta", "; ".join(parts) + ".", data={"width_px": w, "height_px": h, "bands": info.band_count,
+                                                "gsd_m": info.gsd_m, "crs": info.crs, "date": info.date,
+                                                "band_names": info.band_names})
+
+    # --- land cover
+    for out in outputs:
+        if out.resolved_task() != SEGMENTATION:
+            continue
+        names, counts = segmentation_histograms(out, info)
+        total = counts.sum()
+        if total == 0:
+            b.add("landcover", "The land-cover map has no valid pixels in this area.")
+            continue
+        per_class = counts.sum(0)
+        for n in names:
+            known[norm_class(n)] = display_class(n)
+        for k in np.argsort(-per_class):
+            if per_class[k] == 0:
+                continue
+            name = display_class(names[k])
+            share = 100.0 * per_class[k] / total
+            present.add(norm_class(name))
+            area = f", {_area_text(per_class[k] * px_area_m2 / 1e6)}" if px_area_m2 else f", {int(per_class[k])} px"
+            qshare = counts[:, k] / max(1, per_class[k])
+            q = int(np.argmax(qshare))
+            spread = (f"mostly in the {QUADRANTS[q]} quarter ({fmt_num(100 * qshare[q])}% of it)"
+                      if qshare[q] >= 0.4 else "spread over all four quarters")
+            b.add("landcover", f"Land cover {name}: {fmt_num(share)}% of the area{area}; {spread}.", classes=[name],
+                  data={"class": name, "share_pct": float(share), "pixels": int(per_class[k]),
+                        "area_km2": float(per_class[k] * px_area_m2 / 1e6) if px_area_m2 else None,
+                        "quadrant": QUADRANTS[q] if qshare[q] >= 0.4 else None})
+        absent = [display_class(names[k]) for k in range(len(names)) if per_class[k] == 0]
+        if absent:
+            b.add("absent", f"Land-cover classes not found in this area: {', '.join(absent)}.", classes=absent)
+
+    # --- objects and scene tiles
+    objs: list[DetectedObject] = list(objects or [])
+    for c in object_classes or []:
+        known[norm_class(c)] = display_class(c)
+    scene: list[DetectedObject] = []
+    area_poly = shapely.box(*(tf @ (col0, row0 + h)), *(tf @ (col0 + w, row0))) if info.crs else \
+        shapely.box(col0, row0, col0 + w, row0 + h)
+    area_poly = shapely.box(*area_poly.bounds)
+    for out in outputs:
+        t = out.resolved_task()
+        if t == SEGMENTATION:
+            continue
+        got = read_objects(out)
+        for c in out.classes or []:
+            if t != SCENE:
+                known[norm_class(c)] = display_class(c)
+        got = [o for o in got if area_poly.contains(o.geometry.centroid)]
+        if t == SCENE:
+            scene += got
+        else:
+            objs += got
+            for o in got:
+                known.setdefault(norm_class(o.cls), display_class(o.cls))
+
+    if scene:
+        kept = [o for o in scene if o.score >= score_threshold]
+        cnt: dict[str, int] = {}
+        for o in kept:
+            cnt[display_class(o.cls)] = cnt.get(display_class(o.cls), 0) + 1
+        for name, n in sorted(cnt.items(), key=lambda kv: -kv[1]):
+            b.add("scene", f"Scene type {name}: {n} of {len(kept)} tiles ({fmt_num(100 * n / len(kept))}%).",
+                  classes=[name], data={"class": name, "tiles": n, "of": len(kept)})
+            present.add(norm_class(name))
+
+    def to_px(geom) -> tuple[float, float, float, float]:
+        x0, y0, x1, y1 = geom.bounds
+        if info.crs is None:
+            return x0, y0, x1, y1
+        (ca, ra), (cb, rb) = inv @ (x0, y1), inv @ (x1, y0)
+        return min(ca, cb), min(ra, rb), max(ca, cb), max(ra, rb)
+
+    def quadrant(px: tuple[float, float, float, float]) -> str:
+        cx, cy = (px[0] + px[2]) / 2, (px[1] + px[3]) / 2
+        return QUADRANTS[int(cy >= row0 + h / 2) * 2 + int(cx >= col0 + w / 2)]
+
+    kept = sorted([o for o in objs if o.score >= score_threshold], key=lambda o: -o.score)
+    # distances: metres when georeferenced (assumes a projected CRS in metres or converts via GSD), else px
+    dist_unit = "m" if info.gsd_m else "px"
+
+    def dist(a, c) -> float:
+        d = a.geometry.centroid.distance(c.geometry.centroid)
+        if info.crs and info.crs_is_geographic and info.gsd_m:
+            d = d / abs(tf.a) * info.gsd_m
+        elif info.crs is None and info.gsd_m:
+            d = d * info.gsd_m
+        return float(d)
+
+    if objs or object_classes or any(o.resolved_task() in OBJECT_TASKS for o in outputs):
+        det_known = sorted({norm_class(o.cls) for o in objs} | {norm_class(c) for o in outputs
+                           if o.resolved_task() in OBJECT_TASKS for c in (o.classes or [])}
+                           | {norm_class(c) for c in object_classes or []})
+        counts: dict[str, list[DetectedObject]] = {}
+        for o in kept:
+            counts.setdefault(norm_class(o.cls), []).append(o)
+        b.add("count", f"{len(kept)} objects detected in total (score >= {fmt_num(score_threshold)}).",
+              data={"class": None, "count": len(kept), "threshold": score_threshold})
+        for key in sorted(counts, key=lambda k: -len(counts[k])):
+            group = counts[key]
+            name = known.get(key, key)
+            present.add(key)
+            qs = [quadrant(to_px(o.geometry)) for o in group]
+            qcount = {q: qs.count(q) for q in QUADRANTS if qs.count(q)}
+            where = ", ".join(f"{n} {q}" for q, n in qcount.items())
+            extra = ""
+            if o_areas := [o.geometry.area for o in group if o.geometry.area > 0]:
+                if info.gsd_m:
+                    scale = (info.gsd_m / abs(tf.a)) ** 2 if info.crs and info.crs_is_geographic else \
+                        (1.0 if info.crs else info.gsd_m**2)
+                    extra = f"; footprint {_area_text(sum(o_areas) * scale / 1e6)} in total"
+            b.add("count", f"{name}: {len(group)} detected (score >= {fmt_num(score_threshold)}); by quarter: "
+                  f"{where}{extra}.", classes=[name],
+                  data={"class": name, "count": len(group), "threshold": score_threshold, "quadrants": qcount})
+        zero = [known.get(k, k) for k in det_known if k not in counts]
+        if zero:
+            b.add("absent", f"0 detected (score >= {fmt_num(score_threshold)}): {', '.join(zero)}.", classes=zero,
+                  data={"classes": zero, "count": 0})
+        # top-N objects with boxes and coordinates
+        lonlat = _lonlat_transformer(info.crs)
+        for i, o in enumerate(kept[:top_n]):
+            px = to_px(o.geometry)
+            c = o.geometry.centroid
+            others = [x for x in kept if x is not o]
+            near = min(others, key=lambda x: dist(o, x)) if others else None
+            near_txt = ""
+            if near is not None:
+                j = kept.index(near)
+                near_txt = (f"; nearest object O{j + 1} ({display_class(near.cls)}) at "
+                            f"{fmt_num(dist(o, near))} {dist_unit}")
+            if info.crs:
+                coord = f"centre x={c.x:.1f}, y={c.y:.1f}"
+                if lonlat is not None:
+                    lon, lat = lonlat(c.x, c.y)
+                    coord += f" (lon {lon:.5f}, lat {lat:.5f})"
+            else:
+                coord = f"centre pixel ({c.x:.0f}, {c.y:.0f})"
+            box = [round(v) for v in px]
+            name = display_class(o.cls)
+            b.add("object", f"O{i + 1}: {name}, score {o.score:.2f}, pixel box {box}, {coord}, "
+                  f"{quadrant(px)} quarter{near_txt}.", classes=[name],
+                  data={"object_id": f"O{i + 1}", "class": name, "score": o.score, "pixel_box_xyxy": box,
+                        "centre": [c.x, c.y], "quadrant": quadrant(px)},
+                  geometry=shapely.geometry.mapping(o.geometry))
+        if len(kept) > top_n:
+            b.add("relation", f"{len(kept) - top_n} further objects are not listed one by one.",
+                  data={"unlisted": len(kept) - top_n})
+
+    return FactSheet(b.facts, known, present, score_threshold, info)
+
+
+def _lonlat_transformer(crs: str | None):
+    if not crs:
+        return None
+    try:
+        from rasterio.crs import CRS
+        from rasterio.warp import transform
+
+        src = CRS.from_string(crs)
+        if src.to_epsg() == 4326:
+            return lambda x, y: (x, y)
+
+        def f(x: float, y: float) -> tuple[float, float]:
+            xs, ys = transform(src, "EPSG:4326", [x], [y])
+            return xs[0], ys[0]
+        return f
+    except Exception:  # an unusual CRS without a lon/lat transform: map coordinates only
+        return None

@@ -1,0 +1,229 @@
+"""Verifier: every number, class name and fact ID in an answer must be supported by the fact sheet.
+
+The answer is split into sentences; a sentence is *unsupported* when it
+
+* cites a fact ID that does not exist (``[F99]``) or an object ID not in the sheet (``O42``);
+* states a number that equals no number of the fact sheet (after rounding to the answer's own precision,
+  so "about 12%" matches 12.3 %) or of the user's question (count words "two".."twenty" count too);
+* claims the presence of a class that the sheet does not list as present (a hallucinated class) —
+  a sentence that negates it ("no ships were detected") is fine.
+
+Unsupported sentences are removed (``mode="remove"``) or kept with a ``[unverified: ...]`` note
+(``mode="flag"``). The result carries the cited fact IDs that survived, for the plugin to draw.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from backend.chat.facts import FactSheet, norm_class
+
+# Object / land-cover words a small LM tends to invent. Any of these in an answer must be backed by the
+# sheet (or negated). The sheet's own known classes are added at run time.
+COMMON_CLASS_WORDS = [
+    "airplane", "aircraft", "plane", "airport", "runway", "ship", "boat", "vessel", "harbor", "harbour", "port",
+    "vehicle", "car", "truck", "bus", "storage tank", "tank", "bridge", "road", "highway", "railway", "building",
+    "house", "roof", "tree", "forest", "vegetation", "grass", "farmland", "cropland", "field", "water", "river",
+    "lake", "sea", "ocean", "pond", "beach", "sand", "desert", "bare soil", "mountain", "snow", "cloud",
+    "tennis court", "basketball court", "baseball diamond", "ground track field", "stadium", "swimming pool",
+    "roundabout", "helicopter", "parking lot", "dam", "wind turbine", "solar panel", "urban", "residential",
+    "industrial", "park",
+]
+
+# Synonyms the question/answer may use for a known class (normalised form → normalised class).
+SYNONYMS = {
+    "plane": "airplane", "aircraft": "airplane", "aeroplane": "airplane", "jet": "airplane",
+    "boat": "ship", "vessel": "ship", "car": "vehicle", "truck": "vehicle", "small vehicle": "vehicle",
+    "large vehicle": "vehicle", "tank": "storage tank", "oil tank": "storage tank", "harbour": "harbor",
+    "port": "harbor", "track field": "ground track field", "running track": "ground track field",
+    "baseball field": "baseball diamond", "sea": "water", "lake": "water", "river": "water",
+    "tree": "vegetation", "forest": "vegetation", "grass": "vegetation", "house": "building",
+    "road": "road", "street": "road", "building": "building",
+}
+
+NEGATION = re.compile(r"\b(no|not|none|without|absent|zero|0|neither|nor|cannot|can't|couldn't|unable|"
+                      r"isn't|aren't|wasn't|weren't|don't|doesn't|never)\b", re.I)
+WORD_NUMBERS = {"zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
+                "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14,
+                "fifteen": 15, "sixteen": 16, "seventeen": 17, "eighteen": 18, "nineteen": 19, "twenty": 20}
+
+
+@dataclass
+class Verification:
+    """Outcome of :func:`verify`.
+
+    Attributes:
+        text: the answer after removing / flagging unsupported sentences.
+        ok: True when nothing was unsupported.
+        problems: ``(sentence, reason)`` for each unsupported sentence.
+        cited: fact IDs cited by the kept sentences, in order of first use.
+        numbers_checked / numbers_supported: counts over the whole answer (for numeric consistency).
+        hallucinated_classes: class words claimed present but not in the sheet.
+    """
+
+    text: str
+    ok: bool
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    cited: list[str] = field(default_factory=list)
+    numbers_checked: int = 0
+    numbers_supported: int = 0
+    hallucinated_classes: list[str] = field(default_factory=list)
+
+
+def split_sentences(text: str) -> list[str]:
+    """Split on sentence ends and line breaks, keeping decimals ("0.5") and list items intact."""
+    parts = re.split(r"(?<=[.!?])\s+(?=[A-Z\[\-*•0-9])|\n+", text.strip())
+    return [p.strip() for p in parts if p.strip()]
+
+
+_NUM = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?(?![\w])")
+
+
+def extract_numbers(sentence: str) -> list[tuple[float, int]]:
+    """``(value, decimals)`` for each number written in digits, skipping fact/object IDs and EPSG codes."""
+    s = re.sub(r"\[?\b[FO]\d+\]?", " ", sentence)
+    s = re.sub(r"EPSG:\d+", " ", s)
+    out = []
+    for m in _NUM.finditer(s):
+        txt = m.group(0).replace(",", "")
+        dec = len(txt.split(".")[1]) if "." in txt else 0
+        try:
+            out.append((float(txt), dec))
+        except ValueError:
+            continue
+    for w, v in WORD_NUMBERS.items():
+        if v >= 2 and re.search(rf"\b{w}\b", s, re.I):  # "one"/"zero" are too often not counts
+            out.append((float(v), 0))
+    return out
+
+
+def number_supported(value: float, decimals: int, allowed: list[float]) -> bool:
+    """True when ``value`` equals an allowed number rounded to the answer's precision.
+
+    A number written with ``decimals`` decimals matches ``a`` when ``|value - a| <= 0.5 * 10**-decimals``
+    (plus a 1 % relative slack for 3-significant-digit rounding of big values such as areas in m²).
+    """
+    tol = 0.5 * 10 ** (-decimals) + 1e-9
+    return any(abs(value - a) <= tol or (a != 0 and abs(value - a) / abs(a) < 0.01 and decimals == 0
+                                         and abs(value) >= 100)
+               for a in allowed)
+
+
+def class_vocabulary(sheet: FactSheet) -> dict[str, str]:
+    """Normalised word → normalised class it refers to (itself when unknown to the sheet)."""
+    vocab = {norm_class(w): norm_class(w) for w in COMMON_CLASS_WORDS}
+    for syn, target in SYNONYMS.items():
+        vocab[norm_class(syn)] = norm_class(target)
+    for k in sheet.known_classes:
+        vocab[k] = k
+    return vocab
+
+
+def mentioned_classes(text: str, vocab: dict[str, str]) -> list[tuple[str, str]]:
+    """``(word, class)`` for class words in ``text``, longest match first ("storage tank" before "tank")."""
+    words = re.sub(r"[_\-]+", " ", text.lower())
+    found: list[tuple[str, str]] = []
+    taken: list[tuple[int, int]] = []
+    for w in sorted(vocab, key=len, reverse=True):
+        pat = re.compile(rf"\b{re.escape(w)}(?:s|es)?\b")
+        for m in pat.finditer(words):
+            if any(a < m.end() and m.start() < b for a, b in taken):
+                continue
+            taken.append((m.start(), m.end()))
+            found.append((w, vocab[w]))
+    return found
+
+
+_COUNT_CLAIM = re.compile(r"(?<![\d.,])\b(\d+|" + "|".join(WORD_NUMBERS) + r"|no)\s+((?:[a-z]+[ _-]){0,2}[a-z]+)", re.I)
+
+
+def _count_claims(sentence: str, sheet: FactSheet, vocab: dict[str, str]) -> list[str]:
+    """Problems with "N <class>" phrases: N must equal the sheet's count for that class (0 when absent)."""
+    counts: dict[str, int] = {}
+    for f in sheet.facts:
+        if f.kind == "count" and f.data.get("class"):
+            counts[norm_class(f.data["class"])] = int(f.data["count"])
+        elif f.kind == "absent" and "count" in f.data:
+            for c in f.classes:
+                counts.setdefault(c, 0)
+    out = []
+    for m in _COUNT_CLAIM.finditer(re.sub(r"\[?\b[FO]\d+\]?", " ", sentence)):
+        num, words = m.group(1).lower(), m.group(2).lower()
+        n = 0 if num == "no" else WORD_NUMBERS.get(num, None)
+        if n is None:
+            n = int(num)
+        found = mentioned_classes(words, vocab)
+        # the class must start the phrase ("3 ships", "3 storage tanks"), not merely follow later
+        if not found or not re.sub(r"[_\-]+", " ", words).startswith(found[0][0][:3]):
+            continue
+        cls = found[0][1]
+        if cls in counts and counts[cls] != n:
+            out.append(f"says {n} {found[0][0]} but the facts count {counts[cls]}")
+    return out
+
+
+def verify(answer: str, sheet: FactSheet, *, question: str = "", mode: str = "remove") -> Verification:
+    """Check ``answer`` against ``sheet``; see the module docstring.
+
+    Args:
+        answer: generated text.
+        sheet: the fact sheet the answer must be grounded in.
+        question: the user's question; numbers it contains may be echoed.
+        mode: ``"remove"`` drops unsupported sentences, ``"flag"`` keeps them with a note.
+
+    Raises:
+        ValueError: unknown ``mode``.
+    """
+    if mode not in ("remove", "flag"):
+        raise ValueError(f"mode must be 'remove' or 'flag', got {mode!r}")
+    q_values = [v for v, _ in extract_numbers(question)]
+    allowed = sheet.all_values() + q_values
+    object_ids = {f.data["object_id"] for f in sheet.by_kind("object") if "object_id" in f.data}
+    vocab = class_vocabulary(sheet)
+    present = set(sheet.present_classes)
+    kept: list[str] = []
+    res = Verification(text="", ok=True)
+    for sent in split_sentences(answer):
+        reasons: list[str] = []
+        for fid in re.findall(r"\[?\b(F\d+)\]?", sent):
+            if sheet.by_id(fid) is None:
+                reasons.append(f"cites {fid}, which is not in the fact sheet")
+        for oid in re.findall(r"\b(O\d+)\b", sent):
+            if oid not in object_ids:
+                reasons.append(f"mentions object {oid}, which is not in the fact sheet")
+        cited_here = [f for f in (sheet.by_id(x) for x in re.findall(r"\[?\b(F\d+)\]?", sent)) if f]
+        # numbers must come from the facts the sentence cites (from any fact when it cites none)
+        pool = [v for f in cited_here for v in f.values] + q_values if cited_here else allowed
+        for v, dec in extract_numbers(sent):
+            res.numbers_checked += 1
+            if number_supported(v, dec, pool):
+                res.numbers_supported += 1
+            else:
+                where = f" cited ({', '.join(f.id for f in cited_here)})" if cited_here else ""
+                reasons.append(f"the number {v:g} is not in the{where} facts")
+        wrong_counts = _count_claims(sent, sheet, vocab)
+        # a number stated as the count of a class must be that class's count, not just any fact's number
+        res.numbers_supported -= min(len(wrong_counts), res.numbers_supported)
+        reasons += wrong_counts
+        negated = bool(NEGATION.search(sent))
+        for word, cls in mentioned_classes(sent, vocab):
+            if cls in present or negated:
+                continue
+            # a generic word ("land", "water") used for a present class with that word inside is fine
+            if any(cls in p.split(" ") or cls == p for p in present):
+                continue
+            reasons.append(f"claims '{word}', which was not detected")
+            res.hallucinated_classes.append(word)
+        if reasons:
+            res.ok = False
+            res.problems.append((sent, "; ".join(reasons)))
+            if mode == "flag":
+                kept.append(f"{sent} [unverified: {'; '.join(reasons)}]")
+            continue
+        kept.append(sent)
+        for fid in re.findall(r"\[?\b(F\d+)\]?", sent):
+            if fid not in res.cited:
+                res.cited.append(fid)
+    res.text = " ".join(kept)
+    return res

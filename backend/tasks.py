@@ -1,0 +1,572 @@
+"""Jobs from requests: validation, and one post-processor per task registered by task name.
+
+:func:`create_job` validates a JobRequest completely (model, task, inputs, options, output path, raster
+compatibility) *before* anything is queued, so bad input is answered with a typed 4xx error. The job's runner
+then loads the runtime, runs the engine, and hands the model's outputs to the task's post-processor
+(:data:`TASK_RUNNERS`), which writes into an :class:`~backend.outputs.OutputSet` that is committed only when
+everything succeeded.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from backend.engine import (
+    EngineParams,
+    RasterSource,
+    iter_tile_batches,
+    n_sparse_tiles,
+    overlap_fraction,
+    run_dense,
+)
+from backend.errors import (
+    BadRequestError,
+    IncompatibleRasterError,
+    ModelPackageError,
+    UnsupportedTaskError,
+)
+from backend.jobs import Job, JobContext
+from backend.models import ModelEntry
+from backend.outputs import (
+    NODATA_CLASS,
+    ClassRasterWriter,
+    OutputSet,
+    VectorWriter,
+    check_output_dir,
+    linear_factor_m,
+    polygonize_class_raster,
+    provenance,
+    raster_qml,
+    safe_output_name,
+    vector_qml,
+    write_text,
+)
+from backend.raster import RasterPlan, plan_raster
+from training.package import TASKS, PackageConfig
+
+# option name -> (accepted python types, description). Unknown options are refused.
+OPTIONS: dict[str, tuple[tuple[type, ...], str]] = {
+    "tile_size_px": ((int,), "tile side in pixels"),
+    "tile_overlap_px": ((int,), "overlap between neighbouring tiles in pixels (<= tile_size_px/2)"),
+    "batch_size": ((int,), "tiles per forward pass"),
+    "bands": ((list,), "1-based band numbers to feed the model, in the model's band order"),
+    "score_threshold": ((int, float), "minimum score for detections"),
+    "nms_iou_threshold": ((int, float), "IoU above which overlapping detections of one class are merged"),
+    "bbox": ((list,), "[minx, miny, maxx, maxy] in the raster's CRS"),
+    "vectorize": ((bool,), "also write class polygons (GeoPackage)"),
+    "allow_gsd_mismatch": ((bool,), "run even if the pixel size is far outside the model's range"),
+    "output_name": ((str,), "base name of the output files (plain name, no path)"),
+    "runtime": ((str,), "torch or onnx"),
+}
+TASK_SUFFIX = {"semantic_segmentation": "segmentation", "instance_segmentation": "instances",
+               "object_detection": "detections", "rotated_detection": "rotated_detections",
+               "scene_classification": "scenes", "change_detection": "change"}
+ONNX_TASKS = ("semantic_segmentation", "change_detection", "scene_classification")  # tensor outputs
+
+
+@dataclass
+class JobSpec:
+    """A validated request: everything the runner needs, nothing left to check but the pixels."""
+
+    task: str
+    entry: ModelEntry
+    plan: RasterPlan
+    after_plan: RasterPlan | None
+    output_dir: Path
+    base_name: str
+    params: EngineParams
+    options: dict[str, Any]
+    runtime: str
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def config(self) -> PackageConfig:
+        return self.entry.config
+
+    def effective_parameters(self) -> dict[str, Any]:
+        """The parameters actually used (for provenance and the job result)."""
+        return {"tile_size_px": self.params.tile_size_px, "tile_overlap_px": self.params.tile_overlap_px,
+                "batch_size": self.params.batch_size, "bands": self.plan.bands,
+                "bbox": self.options.get("bbox"), "score_threshold": self.options["score_threshold"],
+                "nms_iou_threshold": self.options["nms_iou_threshold"], "runtime": self.runtime,
+                "allow_gsd_mismatch": bool(self.options.get("allow_gsd_mismatch", False))}
+
+
+def _check_options(options: Any) -> dict[str, Any]:
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise BadRequestError("options must be a JSON object")
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise BadRequestError(f"unknown options {unknown}; valid options: {', '.join(sorted(OPTIONS))}",
+                              code="unknown_option")
+    for k, v in options.items():
+        types, desc = OPTIONS[k]
+        if v is None:
+            continue
+        if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
+            raise BadRequestError(f"option {k} must be {'/'.join(t.__name__ for t in types)} ({desc}); "
+                                  f"got {json_type(v)}", code="invalid_option")
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def json_type(v: Any) -> str:
+    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "array",
+            dict: "object"}.get(type(v), type(v).__name__)
+
+
+def _default_base_name(raster: str, task: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(raster).stem)[:60].strip("._-") or "raster"
+    if not stem[0].isalnum():
+        stem = "r" + stem
+    return f"{stem}_{TASK_SUFFIX[task]}"
+
+
+def build_spec(app, body: Any) -> JobSpec:
+    """Validate a JobRequest (see docs/CONTRACTS.md) into a :class:`JobSpec`.
+
+    Raises:
+        BadRequestError, UnsupportedTaskError, ModelNotFoundError, InputNotFoundError,
+        IncompatibleRasterError, InvalidOutputPathError: with what to change.
+    """
+    if not isinstance(body, dict):
+        raise BadRequestError("send a JSON object {task, model, inputs: {raster}, output_dir, options}")
+    unknown = sorted(set(body) - {"task", "model", "inputs", "output_dir", "options"})
+    if unknown:
+        raise BadRequestError(f"unknown fields {unknown}; a job has task, model, inputs, output_dir, options")
+    task = body.get("task")
+    if task not in TASKS:
+        raise UnsupportedTaskError(f"task {task!r} is not one of {', '.join(TASKS)}")
+    if task not in TASK_RUNNERS:
+        raise UnsupportedTaskError(f"task {task!r} is not supported by this backend yet")
+    entry = app.models.get(body.get("model"))
+    cfg = entry.config
+    if cfg.task != task:
+        raise BadRequestError(f"model {entry.id!r} is a {cfg.task} model and cannot run {task}; pick a "
+                              f"{task} model (GET /api/v1/models lists each model's task)", code="task_mismatch")
+    options = _check_options(body.get("options"))
+    inputs = body.get("inputs")
+    if not isinstance(inputs, dict) or not isinstance(inputs.get("raster"), str):
+        raise BadRequestError('inputs must be {"raster": "/absolute/path.tif"}')
+    extra = sorted(set(inputs) - {"raster", "raster_after"})
+    if extra:
+        raise BadRequestError(f"unknown inputs {extra}; use raster (and raster_after for change_detection)")
+    if task == "change_detection":
+        if not isinstance(inputs.get("raster_after"), str):
+            raise BadRequestError("change_detection needs inputs.raster_after: the later image of the pair")
+    elif "raster_after" in inputs:
+        raise BadRequestError("inputs.raster_after is only used by change_detection")
+    if "output_name" in options:
+        base_name = safe_output_name(options["output_name"])
+    else:
+        base_name = _default_base_name(inputs["raster"], task)
+    output_dir_raw = body.get("output_dir")
+    if not isinstance(output_dir_raw, str) or not output_dir_raw or not Path(output_dir_raw).is_absolute():
+        check_output_dir(output_dir_raw)  # raises the precise error
+
+    try:
+        params = EngineParams(tile_size_px=int(options.get("tile_size_px", cfg.tile_size_px)),
+                              tile_overlap_px=int(options.get("tile_overlap_px", cfg.tile_overlap_px)),
+                              batch_size=int(options.get("batch_size", cfg.batch_size)),
+                              block_size_px=int(app.settings.block_size_px))
+    except BadRequestError as exc:
+        exc.code = "invalid_option"
+        raise
+    for k, lo, hi in (("score_threshold", 0.0, 1.0), ("nms_iou_threshold", 0.0, 1.0)):
+        if k in options and not lo <= float(options[k]) <= hi:
+            raise BadRequestError(f"option {k} must be in [{lo}, {hi}], got {options[k]}", code="invalid_option")
+    options.setdefault("score_threshold", cfg.score_threshold)
+    options.setdefault("nms_iou_threshold", 0.5)
+
+    runtime = options.get("runtime", app.settings.runtime)
+    if runtime == "auto":
+        runtime = "onnx" if cfg.onnx and task in ONNX_TASKS else "torch"
+    if runtime not in ("torch", "onnx"):
+        raise BadRequestError(f"runtime {runtime!r} is unknown; use torch or onnx", code="invalid_option")
+    if runtime == "onnx" and (not cfg.onnx or task not in ONNX_TASKS):
+        raise BadRequestError(f"model {entry.id!r} has no ONNX graph usable for {task}; use runtime torch",
+                              code="invalid_option")
+
+    plan = plan_raster(cfg, inputs["raster"], options)
+    warnings = list(plan.warnings)
+    after_plan = None
+    if task == "change_detection":
+        after_opts = {k: v for k, v in options.items() if k != "bbox"}
+        after_plan = plan_raster(cfg, inputs["raster_after"], after_opts)
+        warnings += [f"raster_after: {w}" for w in after_plan.warnings]
+        frac = overlap_fraction(plan, after_plan)
+        if frac <= 0:
+            raise IncompatibleRasterError(
+                f"{inputs['raster']} and {inputs['raster_after']} do not overlap; change detection needs two "
+                "images of the same place", code="rasters_do_not_overlap")
+        if frac < 0.5:
+            warnings.append(f"the two rasters overlap on only {frac:.0%} of the processed area; pixels outside "
+                            "the overlap are written as nodata")
+    output_dir = check_output_dir(output_dir_raw)
+    return JobSpec(task=task, entry=entry, plan=plan, after_plan=after_plan, output_dir=output_dir,
+                   base_name=base_name, params=params, options=options, runtime=runtime, warnings=warnings)
+
+
+def create_job(app, body: Any) -> Job:
+    """Validate ``body`` and return a queued-state :class:`Job` whose runner executes it."""
+    spec = build_spec(app, body)
+    request = {"task": spec.task, "model": spec.entry.id, "inputs": body["inputs"],
+               "output_dir": str(spec.output_dir), "options": body.get("options") or {}}
+    job = Job(task=spec.task, model=spec.entry.id, runner=lambda ctx: run_spec(app, spec, ctx), request=request)
+    job.warnings.extend(spec.warnings)
+    return job
+
+
+# -- running ------------------------------------------------------------------------------------------
+
+@dataclass
+class RunContext:
+    spec: JobSpec
+    model: Callable[..., Any]
+    source: RasterSource
+    out: OutputSet
+    job: JobContext
+    provenance: dict[str, str]
+    settings: Any
+
+    def progress(self, done: int, total: int) -> None:
+        self.job.progress(0.95 * done / max(1, total), f"tile {done}/{total}")
+
+
+TaskRunner = Callable[[RunContext], dict[str, Any]]
+TASK_RUNNERS: dict[str, TaskRunner] = {}
+
+
+def register_task(name: str):
+    """Register a post-processor for ``name`` (a task of the model package contract)."""
+    def deco(fn: TaskRunner) -> TaskRunner:
+        TASK_RUNNERS[name] = fn
+        return fn
+    return deco
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def run_spec(app, spec: JobSpec, ctx: JobContext, model: Callable[..., Any] | None = None) -> dict[str, Any]:
+    """Run a validated job; returns ``{"outputs": [...], "stats": {...}}`` with final paths.
+
+    ``model`` overrides the package's runtime (tests use deterministic callables).
+    """
+    ctx.progress(0.0, "loading model")
+    if model is None:
+        model = app.runtimes.get(spec.entry, spec.runtime, app.device, app.settings.threads)
+    prov = provenance(spec.entry.id, spec.entry.revision, spec.effective_parameters(), spec.plan.path, _now())
+    out = OutputSet(spec.output_dir, spec.base_name, ctx.job.id)
+    try:
+        with RasterSource(spec.plan, spec.config.mean, spec.config.std, spec.after_plan) as source:
+            rc = RunContext(spec, model, source, out, ctx, prov, app.settings)
+            result = TASK_RUNNERS[spec.task](rc)
+        ctx.check_cancel()
+        out.commit()
+    except BaseException:
+        out.abort()
+        raise
+    result.setdefault("stats", {})
+    result["stats"].update({"model": prov["model"], "parameters": spec.effective_parameters(),
+                            "width_px": int(spec.plan.window.width), "height_px": int(spec.plan.window.height),
+                            "gsd_m": spec.plan.gsd_m})
+    return result
+
+
+def _px_to_crs_affine(spec: JobSpec) -> list[float]:
+    t = spec.plan.window_transform
+    return [t.a, t.b, t.d, t.e, t.c, t.f]
+
+
+def _center_lat(spec: JobSpec) -> float | None:
+    import rasterio
+    from rasterio.crs import CRS
+    if not CRS.from_wkt(spec.plan.crs_wkt).is_geographic:
+        return None
+    b = rasterio.windows.bounds(spec.plan.window, spec.plan.transform)
+    return (b[1] + b[3]) / 2
+
+
+# -- dense: semantic segmentation & change detection ---------------------------------------------------
+
+def _run_class_raster(rc: RunContext, keep: list[int] | None, raster_name: str, layer: str) -> dict[str, Any]:
+    spec, cfg = rc.spec, rc.spec.config
+    win = spec.plan.window
+    k = len(cfg.classes)
+    tif_tmp, tif_final = rc.out.reserve("", "tif")
+    writer = ClassRasterWriter(tif_tmp, int(win.width), int(win.height), spec.plan.crs_wkt,
+                               spec.plan.window_transform, cfg.classes, description=raster_name)
+
+    def sink(window, scores: np.ndarray, valid: np.ndarray) -> None:
+        if scores.shape[0] != k:
+            raise ModelPackageError(f"model {spec.entry.id!r} returned {scores.shape[0]} channels but its "
+                                    f"package lists {k} classes; fix classes or architecture_kwargs")
+        cls = scores.argmax(axis=0).astype(np.uint8)
+        cls[~valid] = NODATA_CLASS
+        writer.write_block(window, cls)
+
+    ok = False
+    try:
+        run_dense(rc.source, rc.model, spec.params, sink, rc.progress)
+        ok = True
+    finally:
+        writer.close(tags={"RSFM_MODEL": rc.provenance["model"], "RSFM_PARAMETERS": rc.provenance["parameters"],
+                           "RSFM_SOURCE": rc.provenance["source"], "RSFM_CREATED": rc.provenance["created"]},
+                     overviews=ok)
+    qml_tmp, qml_final = rc.out.reserve("", "qml")
+    write_text(qml_tmp, raster_qml(cfg.classes))
+    px_area = abs(spec.plan.window_transform.a * spec.plan.window_transform.e)
+    from backend.outputs import area_factor_m2
+    fac = area_factor_m2(spec.plan.crs_wkt, _center_lat(spec)) * px_area
+    stats = {"classes": [{"class_id": i, "class_name": c.name, "pixels": int(writer.counts[i]),
+                          "area_m2": float(writer.counts[i] * fac)} for i, c in enumerate(cfg.classes)]}
+    outputs = [{"kind": "raster", "path": str(tif_final), "style": str(qml_final), "name": raster_name}]
+    if spec.options.get("vectorize", True):
+        rc.job.progress(0.96, "vectorising")
+        gpkg_tmp, gpkg_final = rc.out.reserve("", "gpkg")
+        vw = VectorWriter(gpkg_tmp, layer, spec.plan.crs_wkt,
+                          {"class_id": np.int32, "class_name": object, "area_m2": np.float64}, rc.provenance)
+        polygonize_class_raster(tif_tmp, vw, cfg.classes, spec.plan.crs_wkt, rc.settings.max_vectorize_pixels,
+                                keep=keep)
+        vw.close()
+        vqml_tmp, vqml_final = rc.out.reserve("_polygons", "qml")
+        write_text(vqml_tmp, vector_qml(cfg.classes))
+        outputs.append({"kind": "vector", "path": str(gpkg_final), "layer": layer, "style": str(vqml_final),
+                        "name": f"{raster_name} polygons"})
+        stats["polygons"] = vw.count
+    return {"outputs": outputs, "stats": stats}
+
+
+@register_task("semantic_segmentation")
+def run_semantic_segmentation(rc: RunContext) -> dict[str, Any]:
+    return _run_class_raster(rc, keep=None, raster_name=f"{rc.spec.entry.id} classes", layer="classes")
+
+
+@register_task("change_detection")
+def run_change_detection(rc: RunContext) -> dict[str, Any]:
+    k = len(rc.spec.config.classes)
+    return _run_class_raster(rc, keep=list(range(1, k)), raster_name=f"{rc.spec.entry.id} change", layer="changes")
+
+
+# -- sparse: scene classification & detection --------------------------------------------------------
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _finish_vector(rc: RunContext, vw: VectorWriter, tmp: Path, final: Path, layer: str, name: str,
+                   outline_only: bool = False) -> dict[str, Any]:
+    vw.close()
+    qml_tmp, qml_final = rc.out.reserve("", "qml")
+    write_text(qml_tmp, vector_qml(rc.spec.config.classes, outline_only=outline_only))
+    return {"kind": "vector", "path": str(final), "layer": layer, "style": str(qml_final), "name": name}
+
+
+@register_task("scene_classification")
+def run_scene_classification(rc: RunContext) -> dict[str, Any]:
+    """One label per tile: the tile's owned cell (tiles split overlaps in the middle) becomes a polygon."""
+    import shapely
+    from shapely.affinity import affine_transform
+
+    spec, cfg = rc.spec, rc.spec.config
+    total = n_sparse_tiles(spec.plan, spec.params)
+    gpkg_tmp, gpkg_final = rc.out.reserve("", "gpkg")
+    vw = VectorWriter(gpkg_tmp, "scenes", spec.plan.crs_wkt,
+                      {"class_id": np.int32, "class_name": object, "score": np.float64}, rc.provenance,
+                      geometry_type="Polygon")
+    aff = _px_to_crs_affine(spec)
+    counts = np.zeros(len(cfg.classes), dtype=np.int64)
+    done = 0
+    for tiles, args, valid in iter_tile_batches(rc.source, spec.params):
+        logits = np.asarray(rc.model(*args), dtype=np.float32)
+        if logits.ndim != 2 or logits.shape != (len(tiles), len(cfg.classes)):
+            raise ModelPackageError(f"scene model returned shape {logits.shape}; expected B x K = "
+                                    f"{len(tiles)} x {len(cfg.classes)}")
+        probs = _softmax(logits)
+        for ti, p, v in zip(tiles, probs, valid, strict=True):
+            r0, r1 = ti.core_rows
+            c0, c1 = ti.core_cols
+            if not v[r0 - ti.row: r1 - ti.row, c0 - ti.col: c1 - ti.col].any():
+                continue  # a tile that is all nodata gets no label
+            cid = int(p.argmax())
+            counts[cid] += 1
+            cell = affine_transform(shapely.box(c0, r0, c1, r1), aff)
+            vw.add(cell, class_id=cid, class_name=cfg.classes[cid].name, score=float(p[cid]))
+        done += len(tiles)
+        rc.progress(done, total)
+    out = _finish_vector(rc, vw, gpkg_tmp, gpkg_final, "scenes", f"{spec.entry.id} scenes")
+    return {"outputs": [out], "stats": {"tiles": vw.count, "classes": [
+        {"class_id": i, "class_name": c.name, "tiles": int(counts[i])} for i, c in enumerate(cfg.classes)]}}
+
+
+def rotated_box_polygon(cx: float, cy: float, w: float, h: float, angle_rad: float):
+    """Rotated box in pixel coordinates (col, row; row grows downwards) as a shapely Polygon.
+
+    ``angle_rad`` is counter-clockwise as seen on screen, so the box's width axis points along
+    ``(cos a, -sin a)`` in (col, row).
+    """
+    import shapely
+
+    ux, uy = math.cos(angle_rad), -math.sin(angle_rad)
+    vx, vy = -uy, ux  # perpendicular (height axis)
+    hw, hh = w / 2, h / 2
+    pts = [(cx + sx * hw * ux + sy * hh * vx, cy + sx * hw * uy + sy * hh * vy)
+           for sx, sy in ((-1, -1), (1, -1), (1, 1), (-1, 1))]
+    return shapely.Polygon(pts)
+
+
+def nms_polygons(polys: list, scores: np.ndarray, labels: np.ndarray, iou_threshold: float) -> list[int]:
+    """Class-wise greedy non-maximum suppression on arbitrary polygons (boxes, rotated boxes, masks).
+
+    Uses an STR-tree so only intersecting candidates are compared. Returns kept indices, best first.
+    """
+    import shapely
+
+    if not polys:
+        return []
+    tree = shapely.STRtree(polys)
+    order = np.argsort(-scores, kind="stable")
+    suppressed = np.zeros(len(polys), dtype=bool)
+    keep = []
+    for i in order:
+        if suppressed[i]:
+            continue
+        keep.append(int(i))
+        for j in tree.query(polys[i], predicate="intersects"):
+            if j == i or suppressed[j] or labels[j] != labels[i]:
+                continue
+            inter = polys[i].intersection(polys[j]).area
+            union = polys[i].area + polys[j].area - inter
+            if union > 0 and inter / union > iou_threshold:
+                suppressed[j] = True
+    return keep
+
+
+def _mask_polygon(mask: np.ndarray, col0: int, row0: int):
+    """Polygons of a boolean mask in pixel coordinates of the processing window (None if empty)."""
+    import shapely
+    from affine import Affine
+    from rasterio.features import shapes
+
+    polys = [shapely.geometry.shape(g) for g, v in
+             shapes(mask.astype(np.uint8), mask=mask, connectivity=4, transform=Affine.translation(col0, row0))
+             if v == 1]
+    if not polys:
+        return None
+    # pieces touching at pixel corners: union them into one valid (Multi)Polygon
+    geom = shapely.union_all(polys) if len(polys) > 1 else polys[0]
+    if geom.geom_type == "GeometryCollection":
+        geom = shapely.MultiPolygon([g for g in geom.geoms if g.geom_type == "Polygon"])
+    return geom
+
+
+def _run_detection(rc: RunContext, kind: str) -> dict[str, Any]:
+    import shapely
+    from shapely.affinity import affine_transform
+
+    spec, cfg = rc.spec, rc.spec.config
+    thr = float(spec.options["score_threshold"])
+    total = n_sparse_tiles(spec.plan, spec.params)
+    polys, scores, labels, extra = [], [], [], []
+    done = 0
+    for tiles, args, valid in iter_tile_batches(rc.source, spec.params):
+        preds = rc.model(*args)
+        if not isinstance(preds, (list, tuple)) or len(preds) != len(tiles):
+            raise ModelPackageError(f"a {kind} model must return a list of {len(tiles)} dicts (one per tile)")
+        for ti, pred, v in zip(tiles, preds, valid, strict=True):
+            sc = np.asarray(pred["scores"], dtype=np.float64).reshape(-1)
+            lb = np.asarray(pred["labels"], dtype=np.int64).reshape(-1)
+            key = "boxes_cxcywha" if kind == "rotated_detection" else "boxes_xyxy"
+            bx = np.asarray(pred[key], dtype=np.float64).reshape(-1, 5 if key == "boxes_cxcywha" else 4)
+            masks = np.asarray(pred["masks"]) if kind == "instance_segmentation" else None
+            for n in np.nonzero(sc >= thr)[0]:
+                if kind == "rotated_detection":
+                    cx, cy = bx[n, 0], bx[n, 1]
+                else:
+                    cx, cy = (bx[n, 0] + bx[n, 2]) / 2, (bx[n, 1] + bx[n, 3]) / 2
+                iy, ix = int(cy), int(cx)
+                # keep a detection only in the tile that owns its centre, and not on nodata / padding
+                if not (ti.core_rows[0] <= ti.row + cy < ti.core_rows[1]
+                        and ti.core_cols[0] <= ti.col + cx < ti.core_cols[1]):
+                    continue
+                if not (0 <= iy < v.shape[0] and 0 <= ix < v.shape[1] and v[iy, ix]):
+                    continue
+                if not 0 <= lb[n] < len(cfg.classes):
+                    raise ModelPackageError(f"model returned label {lb[n]} but the package has "
+                                            f"{len(cfg.classes)} classes")
+                if kind == "rotated_detection":
+                    poly = rotated_box_polygon(ti.col + cx, ti.row + cy, bx[n, 2], bx[n, 3], bx[n, 4])
+                    extra.append({"angle_deg": math.degrees(bx[n, 4]), "length_px": max(bx[n, 2], bx[n, 3]),
+                                  "width_px": min(bx[n, 2], bx[n, 3])})
+                elif kind == "instance_segmentation":
+                    m = masks[n] >= 0.5
+                    m &= v[: m.shape[0], : m.shape[1]]
+                    poly = _mask_polygon(m[: ti.height, : ti.width], ti.col, ti.row)
+                    if poly is None:
+                        continue
+                    extra.append({})
+                else:
+                    x0, y0, x1, y1 = bx[n]
+                    poly = shapely.box(ti.col + x0, ti.row + y0, ti.col + x1, ti.row + y1)
+                    extra.append({})
+                polys.append(poly)
+                scores.append(float(sc[n]))
+                labels.append(int(lb[n]))
+        done += len(tiles)
+        rc.progress(done, total)
+    rc.job.progress(0.96, f"merging {len(polys)} detections")
+    keep = nms_polygons(polys, np.asarray(scores), np.asarray(labels), float(spec.options["nms_iou_threshold"]))
+    aff = _px_to_crs_affine(spec)
+    to_m = linear_factor_m(spec.plan.crs_wkt, _center_lat(spec)) * math.sqrt(abs(aff[0] * aff[3]))
+    fields: dict[str, Any] = {"class_id": np.int32, "class_name": object, "score": np.float64}
+    if kind == "rotated_detection":
+        fields.update(angle_deg=np.float64, length_m=np.float64, width_m=np.float64)
+    else:
+        fields["area_m2"] = np.float64
+    layer = {"object_detection": "detections", "rotated_detection": "rotated_detections",
+             "instance_segmentation": "instances"}[kind]
+    gpkg_tmp, gpkg_final = rc.out.reserve("", "gpkg")
+    vw = VectorWriter(gpkg_tmp, layer, spec.plan.crs_wkt, fields, rc.provenance,
+                      geometry_type="MultiPolygon" if kind == "instance_segmentation" else "Polygon")
+    counts = np.zeros(len(cfg.classes), dtype=np.int64)
+    for i in keep:
+        geom = affine_transform(polys[i], aff)
+        vals = {"class_id": labels[i], "class_name": cfg.classes[labels[i]].name, "score": scores[i]}
+        if kind == "rotated_detection":
+            e = extra[i]
+            vals.update(angle_deg=e["angle_deg"], length_m=e["length_px"] * to_m, width_m=e["width_px"] * to_m)
+        else:
+            vals["area_m2"] = polys[i].area * to_m * to_m
+        vw.add(geom, **vals)
+        counts[labels[i]] += 1
+    out = _finish_vector(rc, vw, gpkg_tmp, gpkg_final, layer, f"{spec.entry.id} {layer.replace('_', ' ')}",
+                         outline_only=kind != "instance_segmentation")
+    return {"outputs": [out], "stats": {"detections": len(keep), "before_nms": len(polys), "classes": [
+        {"class_id": i, "class_name": c.name, "count": int(counts[i])} for i, c in enumerate(cfg.classes)]}}
+
+
+@register_task("object_detection")
+def run_object_detection(rc: RunContext) -> dict[str, Any]:
+    return _run_detection(rc, "object_detection")
+
+
+@register_task("rotated_detection")
+def run_rotated_detection(rc: RunContext) -> dict[str, Any]:
+    return _run_detection(rc, "rotated_detection")
+
+
+@register_task("instance_segmentation")
+def run_instance_segmentation(rc: RunContext) -> dict[str, Any]:
+    return _run_detection(rc, "instance_segmentation")

@@ -1,0 +1,1 @@
+"""Dock, dialogs and widgets of the RSFM plugin."""

@@ -1,0 +1,19 @@
+"""rsfm:detect - Detect objects (boxes)."""
+
+from __future__ import annotations
+
+from .base import RsfmAlgorithm
+
+
+class DetectAlgorithm(RsfmAlgorithm):
+    """Detect objects (boxes) with an RSFM model package."""
+
+    TASK = "object_detection"
+    ALG_NAME = "detect"
+    DISPLAY = "Detect objects (boxes)"
+    SHORT = "Detects objects and writes their boxes as polygons."
+    HELP = (
+        "Runs an object detector over the raster in overlapping tiles, merges duplicates across tile borders (NMS) and writes one polygon per object (GeoPackage) with class, score and provenance fields."
+    )
+    PRIMARY_KIND = "vector"
+    HAS_THRESHOLD = True

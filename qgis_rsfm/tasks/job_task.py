@@ -1,0 +1,125 @@
+"""One backend job as a ``QgsTask``: submit, poll progress, cancel, typed outcome.
+
+``run()`` executes on a worker thread and never raises: it stores a :class:`Success`, :class:`Failed` or
+:class:`Canceled` in ``self.outcome``. ``finished()`` runs on the main thread and hands the outcome to
+the callback, which is where layers are created.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from qgis.core import QgsMessageLog, QgsTask
+
+from ..client import Job, RsfmClient, RsfmClientError
+
+LOG_TAG = "RSFM"
+
+
+@dataclass
+class Success:
+    job: Job
+    request: dict[str, Any]
+
+
+@dataclass
+class Failed:
+    message: str
+    code: str = "failed"
+    job: Job | None = None
+
+
+@dataclass
+class Canceled:
+    job: Job | None = None
+
+
+JobOutcome = Success | Failed | Canceled
+
+
+@dataclass
+class JobSpec:
+    """What to run: a contract JobRequest, plus work to do first on the worker thread.
+
+    Attributes:
+        request: the JobRequest (``inputs``/``options`` may be filled by ``prepare``).
+        prepare: called on the worker thread before submitting (e.g. render a web layer); may edit
+            ``request`` in place and raise with a plain-words message.
+        source_name: layer name, for provenance.
+    """
+
+    request: dict[str, Any]
+    prepare: Callable[[dict[str, Any]], None] | None = None
+    source_name: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class RsfmJobTask(QgsTask):
+    """Runs one backend job.
+
+    Args:
+        description: shown in the QGIS task manager.
+        spec: what to run.
+        client_factory: returns a client for a live backend (starts one if needed).
+        on_finished: called on the main thread with the outcome.
+        on_progress: called on the worker thread with the polled job (keep it light).
+        poll_s: seconds between progress polls.
+    """
+
+    def __init__(self, description: str, spec: JobSpec, client_factory: Callable[[], RsfmClient],
+                 on_finished: Callable[[JobOutcome], None] | None = None,
+                 on_progress: Callable[[Job], None] | None = None, poll_s: float = 0.25) -> None:
+        super().__init__(description, QgsTask.Flag.CanCancel)
+        self.spec = spec
+        self.client_factory = client_factory
+        self.on_finished = on_finished
+        self.on_progress = on_progress
+        self.poll_s = poll_s
+        self.job_id: str | None = None
+        self.outcome: JobOutcome = Failed("the task did not run")
+
+    def run(self) -> bool:  # worker thread
+        try:
+            self.outcome = self._run()
+        except RsfmClientError as exc:
+            self.outcome = Failed(exc.message, exc.code)
+        except Exception as exc:  # noqa: BLE001 - run() must never raise into QGIS
+            self.outcome = Failed(f"{type(exc).__name__}: {exc}", "internal")
+        if isinstance(self.outcome, Failed):
+            QgsMessageLog.logMessage(f"{self.description()}: {self.outcome.message}", LOG_TAG)
+        return isinstance(self.outcome, Success)
+
+    def _run(self) -> JobOutcome:
+        client = self.client_factory()
+        if self.isCanceled():
+            return Canceled()
+        if self.spec.prepare is not None:
+            self.spec.prepare(self.spec.request)
+        if self.isCanceled():
+            return Canceled()
+        job = client.submit(self.spec.request)
+        self.job_id = job.id
+
+        def update(j: Job) -> None:
+            self.setProgress(max(0.0, min(100.0, 100.0 * j.progress)))
+            if self.on_progress is not None:
+                self.on_progress(j)
+
+        final = client.wait(job.id, poll_s=self.poll_s, on_update=update, is_cancelled=self.isCanceled)
+        if final.state == "succeeded":
+            return Success(final, self.spec.request)
+        if final.state == "cancelled":
+            return Canceled(final)
+        err = final.error or {}
+        return Failed(final.error_message or f"job ended in state {final.state}", str(err.get("code", "failed")),
+                      final)
+
+    def finished(self, result: bool) -> None:  # main thread
+        if not result and not isinstance(self.outcome, (Failed, Canceled)):
+            self.outcome = Canceled()
+        if self.isCanceled() and not isinstance(self.outcome, Success):
+            self.outcome = Canceled(getattr(self.outcome, "job", None))
+        if self.on_finished is not None:
+            self.on_finished(self.outcome)

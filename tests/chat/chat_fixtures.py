@@ -1,0 +1,87 @@
+"""Tiny perception outputs with KNOWN content for the chat tests (written into a temp dir, a few KB).
+
+Raster: 200 x 100 px, 3 bands, EPSG:32640, 2 m pixels, origin (500000, 2800000) → 400 m x 200 m = 0.08 km².
+
+Land cover (class-index GeoTIFF, classes background, water, building, vegetation, road):
+  * water       cols 0-99 (all rows)          10,000 px = 50 %   = 0.04 km²  (west half)
+  * building    cols 100-149, rows 0-49        2,500 px = 12.5 % = 0.01 km²  (north-east)
+  * vegetation  the rest                       7,500 px = 37.5 % = 0.03 km²
+  * background, road: absent
+
+Detections (GeoPackage, fields class_name, score; the detector's classes ship, vehicle, airplane are in the
+layer metadata key ``classes``):
+  * 3 ships in the water (two north-west, one south-west), scores 0.95, 0.90, 0.80
+  * 2 vehicles north-east, scores 0.85, 0.70; plus 1 vehicle at score 0.10 (below the 0.3 threshold)
+  * airplane: none
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+ORIGIN_X, ORIGIN_Y, RES_M = 500000.0, 2800000.0, 2.0
+WIDTH, HEIGHT = 200, 100
+SEG_CLASSES = ["background", "water", "building", "vegetation", "road"]
+DET_CLASSES = ["ship", "vehicle", "airplane"]
+# class, score, pixel box (x0, y0, x1, y1)
+OBJECTS = [
+    ("ship", 0.95, (10, 10, 20, 30)),
+    ("ship", 0.90, (40, 20, 50, 40)),
+    ("ship", 0.80, (30, 70, 40, 90)),
+    ("vehicle", 0.85, (160, 10, 164, 14)),
+    ("vehicle", 0.70, (170, 30, 174, 34)),
+    ("vehicle", 0.10, (120, 80, 124, 84)),
+]
+
+
+def px_to_map(c: float, r: float) -> tuple[float, float]:
+    return ORIGIN_X + RES_M * c, ORIGIN_Y - RES_M * r
+
+
+def make_fixture(root: Path) -> dict[str, str]:
+    """Write raster.tif, landcover.tif (+ .qml), detections.gpkg under ``root``; return their paths."""
+    import pyogrio
+    import rasterio
+    import shapely
+    from rasterio.crs import CRS
+    from rasterio.transform import from_origin
+
+    root.mkdir(parents=True, exist_ok=True)
+    tf = from_origin(ORIGIN_X, ORIGIN_Y, RES_M, RES_M)
+    crs = CRS.from_epsg(32640)
+    img = np.random.default_rng(0).integers(0, 255, (3, HEIGHT, WIDTH), dtype=np.uint8)
+    raster = root / "raster.tif"
+    with rasterio.open(raster, "w", driver="GTiff", width=WIDTH, height=HEIGHT, count=3, dtype="uint8",
+                       crs=crs, transform=tf) as dst:
+        dst.write(img)
+        dst.update_tags(TIFFTAG_DATETIME="2024:05:01 10:00:00")
+        for i, n in enumerate(["red", "green", "blue"], 1):
+            dst.set_band_description(i, n)
+    seg = np.full((HEIGHT, WIDTH), 3, np.uint8)
+    seg[:, :100] = 1
+    seg[:50, 100:150] = 2
+    lc = root / "landcover.tif"
+    with rasterio.open(lc, "w", driver="GTiff", width=WIDTH, height=HEIGHT, count=1, dtype="uint8", crs=crs,
+                       transform=tf, nodata=255) as dst:
+        dst.write(seg, 1)
+        dst.write_colormap(1, {0: (0, 0, 0), 1: (0, 0, 255), 2: (255, 0, 0), 3: (0, 255, 0), 4: (128, 128, 128)})
+    entries = "\n".join(f'<paletteEntry value="{i}" label="{n}" color="#000000" alpha="255"/>'
+                        for i, n in enumerate(SEG_CLASSES))
+    lc.with_suffix(".qml").write_text(
+        f"<qgis><pipe><rasterrenderer type=\"paletted\"><colorPalette>{entries}</colorPalette>"
+        "</rasterrenderer></pipe></qgis>")
+    geoms, cls, score = [], [], []
+    for c, s, (x0, y0, x1, y1) in OBJECTS:
+        (mx0, my0), (mx1, my1) = px_to_map(x0, y1), px_to_map(x1, y0)
+        geoms.append(shapely.to_wkb(shapely.box(mx0, my0, mx1, my1)))
+        cls.append(c)
+        score.append(s)
+    det = root / "detections.gpkg"
+    pyogrio.raw.write(str(det), np.array(geoms, dtype=object),
+                      [np.array(cls, dtype=object), np.array(score, dtype=np.float64)],
+                      ["class_name", "score"], layer="detections", driver="GPKG", geometry_type="Polygon",
+                      crs="EPSG:32640", layer_metadata={"classes": json.dumps(DET_CLASSES)})
+    return {"raster": str(raster), "landcover": str(lc), "detections": str(det)}

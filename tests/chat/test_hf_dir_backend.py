@@ -1,0 +1,57 @@
+"""The hf_dir backend on a tiny local Hugging Face model directory written by the test (offline).
+
+Slow only because importing transformers takes 10-70 s on the shared 2-core machine."""
+
+from __future__ import annotations
+
+import pytest
+
+from backend.chat.lm import HFDirBackend, LMError, make_backend
+
+WORDS = ["<unk>", "<|im_start|>", "<|im_end|>", "system", "user", "assistant", "ships", "water", "three", "the",
+         "is", "are", "there", "how", "many", "[F1]", "[F2]", "yes", "no", "."]
+TEMPLATE = ("{% for m in messages %}<|im_start|> {{ m['role'] }} {{ m['content'] }} <|im_end|> {% endfor %}"
+            "{% if add_generation_prompt %}<|im_start|> assistant {% endif %}")
+
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    d = tmp_path_factory.mktemp("tinylm")
+    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", eos_token="<|im_end|>",
+                                  bos_token="<|im_start|>")
+    tok.chat_template = TEMPLATE
+    tok.save_pretrained(d)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(WORDS), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, eos_token_id=2, bos_token_id=1,
+                      max_position_embeddings=128)
+    LlamaForCausalLM(cfg).save_pretrained(d)
+    return d
+
+
+def test_generates_and_streams(tiny_dir):
+    lm = make_backend({"name": "hf_dir", "path": str(tiny_dir)})
+    assert isinstance(lm, HFDirBackend)
+    pieces: list[str] = []
+    out = lm.generate([{"role": "user", "content": "how many ships"}], max_tokens=6, on_token=pieces.append)
+    assert "".join(pieces) == out
+    assert len(pieces) <= 6 and all(w in WORDS for w in out.split())  # at most max_tokens, from the vocab
+    again = HFDirBackend(str(tiny_dir))
+    assert again._lm is lm._lm  # cached: loaded once per directory
+    assert again.generate([{"role": "user", "content": "how many ships"}], max_tokens=6) == out  # greedy
+
+
+def test_bad_directory(tmp_path):
+    with pytest.raises(LMError, match="config.json"):
+        HFDirBackend(str(tmp_path))
+    with pytest.raises(LMError, match="needs 'path'"):
+        make_backend({"name": "hf_dir"})
