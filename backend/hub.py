@@ -51,6 +51,7 @@ from huggingface_hub.errors import (
 from huggingface_hub.file_download import http_get, repo_folder_name
 from huggingface_hub.utils import WeakFileLock, build_hf_headers
 
+from backend import __version__
 from backend.errors import BadRequestError, JobCancelled, ModelNotFoundError, RsfmError
 
 log = logging.getLogger(__name__)
@@ -474,7 +475,7 @@ def _download_lfs_blob(*, ref: ModelRef, commit: str, filename: str, sha256: str
             log.info("resuming %s of %s at byte %d", filename, ref, resume)
             tracker.add(resume)
         url = hf_hub_url(ref.repo_id, filename, revision=commit, endpoint=endpoint)
-        headers = build_hf_headers(token=token, library_name=LIBRARY_NAME)
+        headers = build_hf_headers(token=token, library_name=LIBRARY_NAME, library_version=__version__)
         with open(partial, "ab") as f:
             http_get(url, f, resume_size=resume, headers=headers, expected_size=size, displayed_filename=filename,
                      tqdm_class=tracker.bar_class(lambda kw: True))  # type: ignore[arg-type]
@@ -485,6 +486,9 @@ def _download_lfs_blob(*, ref: ModelRef, commit: str, filename: str, sha256: str
                 f"{filename} of {ref} downloaded from {endpoint} is corrupted: sha256 {got}, the Hub reported "
                 f"{sha256}; the download was deleted, try again (if it keeps failing, the mirror's copy is bad)")
         os.replace(partial, blob)
+        st = blob.stat()
+        with _VERIFIED_LOCK:  # just hashed: verify_snapshot need not read it again
+            _VERIFIED[(str(blob.resolve()), st.st_size, st.st_mtime_ns)] = frozenset({sha256})
 
 
 def fetch_model(repo_id: str, *, revision: str | None = None, cache_dir: str | os.PathLike | None = None,
@@ -512,7 +516,7 @@ def fetch_model(repo_id: str, *, revision: str | None = None, cache_dir: str | o
     """
     ref = parse_model_ref(repo_id)
     if revision:
-        ref = ModelRef(ref.repo_id, revision)
+        ref = parse_model_ref(f"{ref.repo_id}@{revision}")  # same checks as an id (no '..', no spaces)
     rev = ref.revision or constants.DEFAULT_REVISION
     ref = ModelRef(ref.repo_id, rev)
     offline = offline_mode() if local_files_only is None else bool(local_files_only)  # read once
@@ -530,17 +534,23 @@ def fetch_model(repo_id: str, *, revision: str | None = None, cache_dir: str | o
                 raise _map_error(exc, ref, endpoint) from None
             cached = None
         if cached is not None:
-            verify_snapshot(cached)
-            if progress is not None:
-                progress(1.0, f"{ref} found in the cache")
-            return cached
+            try:
+                verify_snapshot(cached)
+            except HubIntegrityError as exc:
+                if offline:
+                    raise
+                log.warning("%s; downloading it again", exc.message)  # the bad file is gone: heal below
+            else:
+                if progress is not None:
+                    progress(1.0, f"{ref} found in the cache")
+                return cached
         if offline:
             raise HubOfflineError(
                 f"{ref} is not in the cache at {cache} and offline mode is on: unset HF_HUB_OFFLINE (or pass "
                 "local_files_only=False) and connect once to download it")
 
     # 2. Ask the Hub which commit the revision is and what each file's hash is.
-    api = HfApi(endpoint=endpoint, token=token, library_name=LIBRARY_NAME)
+    api = HfApi(endpoint=endpoint, token=token, library_name=LIBRARY_NAME, library_version=__version__)
     try:
         info = api.model_info(ref.repo_id, revision=rev, files_metadata=True)
     except Exception as exc:  # noqa: BLE001 - every failure is mapped to a typed error
@@ -570,7 +580,7 @@ def fetch_model(repo_id: str, *, revision: str | None = None, cache_dir: str | o
                                    token=token, tracker=tracker)
         path = snapshot_download(
             ref.repo_id, revision=commit, cache_dir=str(cache), endpoint=endpoint, token=token,
-            library_name=LIBRARY_NAME, max_workers=4,
+            library_name=LIBRARY_NAME, library_version=__version__, max_workers=4,
             tqdm_class=tracker.bar_class(lambda kw: str(kw.get("desc", "")).startswith("Reconstructing")))
     except (HubDownloadCancelled, HubIntegrityError, JobCancelled):
         raise
@@ -655,7 +665,7 @@ def list_rsfm_models(endpoint: str | None = None, token: str | bool | None = Non
         if task not in TASKS:
             raise BadRequestError(f"task {task!r} is not one of {', '.join(TASKS)}")
         filters.append(f"{RSFM_TAG}-{task.replace('_', '-')}")
-    api = HfApi(endpoint=endpoint, token=token, library_name=LIBRARY_NAME)
+    api = HfApi(endpoint=endpoint, token=token, library_name=LIBRARY_NAME, library_version=__version__)
     try:
         infos = _call_with_deadline(lambda: list(api.list_models(
             filter=filters, search=search, author=author, limit=limit, full=True, cardData=True,

@@ -17,7 +17,7 @@ import json
 import os
 import secrets
 import signal
-import subprocess  # nosec B404 - we start our own backend executable, never a shell
+import subprocess  # nosec B404
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -29,7 +29,8 @@ STATE_FILE_NAME = "backend_state.json"
 LOG_FILE_NAME = "backend.log"
 ENV_PYTHON = "RSFM_BACKEND_PYTHON"
 ENV_URL = "RSFM_BACKEND_URL"
-ENV_TOKEN = "RSFM_TOKEN"  # noqa: S105 - the variable's name, not a secret
+# The variable's name, not a secret:
+ENV_TOKEN = "RSFM_TOKEN"  # noqa: S105  # nosec B105
 
 
 class LauncherError(RuntimeError):
@@ -215,7 +216,7 @@ class BackendLauncher:
                 kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
             else:
                 kwargs["start_new_session"] = True  # Ctrl-C in QGIS's terminal must not kill it
-            self.process = subprocess.Popen(cmd, **kwargs)  # nosec B603 - argv list, our own backend
+            self.process = subprocess.Popen(cmd, **kwargs)  # nosec B603
         except OSError as exc:
             raise LauncherError(f"cannot run {config.python}: {exc}") from None
         finally:
@@ -235,7 +236,8 @@ class BackendLauncher:
         return self.state
 
     def _wait_ready(self, timeout_s: float) -> dict:
-        assert self.process is not None
+        if self.process is None:
+            raise LauncherError("internal: _wait_ready called before the backend process was started")
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             for line in self._log_lines():

@@ -52,6 +52,8 @@ def launch(out_dir: Path) -> int:
     cmd = ["xvfb-run", "-a", "-s", f"-screen 0 {SCREEN}", qgis, "--nologo", "--noversioncheck",
            "--profiles-path", str(work / "profiles"), "--code", str(REPO / "scripts" / "screenshots.py")]
     proc = subprocess.run(cmd, env=env, timeout=900)
+    log = work / "screenshots.log"
+    print(log.read_text() if log.is_file() else "QGIS wrote no log: did it start?")
     shutil.rmtree(work, ignore_errors=True)
     done = sorted(p.name for p in out_dir.glob("*.png"))
     print("screenshots:", ", ".join(done) or "none")
@@ -60,7 +62,7 @@ def launch(out_dir: Path) -> int:
 
 # -- inside QGIS -----------------------------------------------------------------------------------------
 def inside_qgis(iface) -> None:  # noqa: C901 - a linear script of GUI steps
-    from qgis.core import QgsApplication, QgsProject, QgsRasterLayer
+    from qgis.core import QgsProject, QgsRasterLayer
     from qgis.PyQt.QtCore import QTimer
     from qgis.PyQt.QtWidgets import QApplication
 
@@ -101,13 +103,14 @@ def inside_qgis(iface) -> None:  # noqa: C901 - a linear script of GUI steps
     dock.show()
     dock.raise_()
     win.resizeDocks([dock], [470], Qt.Orientation.Horizontal)
-    log = open(out / ".screenshots.log", "w")  # noqa: SIM115 - closed in finish()
+    log = open(Path(os.environ["RSFM_SHOTS_WORK"]) / "screenshots.log", "w")  # noqa: SIM115 - closed in finish()
 
     def say(msg: str) -> None:
         log.write(f"{time.strftime('%H:%M:%S')} {msg}\n")
         log.flush()
 
     def grab(name: str, widget=None) -> None:
+        iface.messageBar().clearWidgets()
         QApplication.processEvents()
         screen = QApplication.primaryScreen()
         if widget is None:
@@ -169,6 +172,7 @@ def inside_qgis(iface) -> None:  # noqa: C901 - a linear script of GUI steps
         dock.task_combo.setCurrentIndex(0)
         dlg = dock.open_model_browser()
         dlg.layer_box.setLayer(after)
+        dlg.task_combo.setCurrentIndex(dlg.task_combo.findData("semantic_segmentation"))
         dlg.resize(980, 640)
         dlg.move(win.frameGeometry().center() - dlg.rect().center())
         yield 1.0

@@ -50,6 +50,15 @@ HUB_LICENSES = frozenset({
 _SKIP = re.compile(r"(^|/)(\.[^/]*|__pycache__|.*\.tmp|.*\.incomplete)(/|$)")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("rsfm")
+    except PackageNotFoundError:
+        return "dev"
+
+
 class PushError(Exception):
     """The package cannot be published; the message says what to fix."""
 
@@ -57,11 +66,15 @@ class PushError(Exception):
 # --------------------------------------------------------------------------------------------------------
 # Package checks and the model card
 # --------------------------------------------------------------------------------------------------------
-def check_package(package_dir: Path) -> PackageConfig:
+def check_package(package_dir: Path, *, load_check: bool = True) -> PackageConfig:
     """Validate a package folder before upload.
 
+    ``load_check`` also builds the architecture and loads the weights into it (needs torch; a second or two
+    for small models), so weights that do not fit the config are refused too.
+
     Raises:
-        PushError: missing folder, broken ``config.json``, missing/unreadable weights, missing ONNX file.
+        PushError: missing folder, broken ``config.json``, missing/unreadable weights, missing ONNX file,
+            weights that do not match the architecture.
     """
     if not package_dir.is_dir():
         raise PushError(f"{package_dir} is not a folder; give the model package folder (with config.json)")
@@ -86,6 +99,13 @@ def check_package(package_dir: Path) -> PackageConfig:
     if config.onnx and not (package_dir / config.onnx).is_file():
         raise PushError(f"refusing to push {package_dir}: config.json names ONNX file {config.onnx!r} which "
                         "is missing; export it again or set \"onnx\": null")
+    if load_check:
+        from training.package import load_package
+
+        try:  # builds the architecture and loads the weights strictly: names and shapes must match
+            load_package(package_dir)
+        except PackageError as exc:
+            raise PushError(f"refusing to push a package that does not load: {exc}") from None
     return config
 
 
@@ -161,7 +181,8 @@ def build_model_card(config: PackageConfig, existing: str | None) -> str:
         meta.setdefault("model-index", [{"name": config.name, "results": results}])
     meta = {k: v for k, v in meta.items() if v is not None}
     front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)
-    return f"---\n{front}---\n{body if body.startswith(chr(10)) else chr(10) + body}"
+    sep = "" if body.startswith("\n") else "\n"  # one blank line between front matter and text
+    return f"---\n{front}---\n{sep}{body}"
 
 
 def package_files(package_dir: Path) -> list[Path]:
@@ -179,7 +200,7 @@ def package_files(package_dir: Path) -> list[Path]:
 # --------------------------------------------------------------------------------------------------------
 def push_package(package_dir: str | os.PathLike, repo_id: str, *, revision: str | None = None,
                  private: bool = False, token: str | bool | None = None, endpoint: str | None = None,
-                 commit_message: str | None = None) -> str:
+                 commit_message: str | None = None, load_check: bool = True) -> str:
     """Check ``package_dir`` and publish it to ``repo_id`` in one commit; return the commit id.
 
     Args:
@@ -189,6 +210,7 @@ def push_package(package_dir: str | os.PathLike, repo_id: str, *, revision: str 
         private: create the repo private.
         token: write token; None uses ``HF_TOKEN`` or the saved ``huggingface-cli login``.
         endpoint: Hub URL; default ``HF_ENDPOINT`` or https://huggingface.co.
+        load_check: load the weights into the architecture before uploading (see :func:`check_package`).
 
     Raises:
         PushError: the package is broken or the Hub refused (message says what to do).
@@ -198,7 +220,7 @@ def push_package(package_dir: str | os.PathLike, repo_id: str, *, revision: str 
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
     pkg = Path(package_dir).expanduser().resolve()
-    config = check_package(pkg)
+    config = check_package(pkg, load_check=load_check)
     if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", repo_id or ""):
         raise PushError(f"--repo-id {repo_id!r} must be ORG/NAME, e.g. my-org/{config.name}")
     card_path = pkg / CARD_NAME
@@ -207,7 +229,7 @@ def push_package(package_dir: str | os.PathLike, repo_id: str, *, revision: str 
            for p in package_files(pkg) if p.name != CARD_NAME or p.parent != pkg]
     ops.append(CommitOperationAdd(path_in_repo=CARD_NAME, path_or_fileobj=card.encode("utf-8")))
     endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
-    api = HfApi(endpoint=endpoint, token=token, library_name=LIBRARY_NAME)
+    api = HfApi(endpoint=endpoint, token=token, library_name=LIBRARY_NAME, library_version=_version())
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
         if revision and revision != "main":
@@ -251,6 +273,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-xet", action="store_true",
                         help="upload weights with plain Git LFS instead of Xet (for mirrors without Xet "
                              "storage; same as HF_HUB_DISABLE_XET=1)")
+    parser.add_argument("--no-load-check", action="store_true",
+                        help="skip loading the weights into the architecture before uploading (no torch needed)")
     parser.add_argument("--dry-run", action="store_true",
                         help="check the package and print the model card and file list, upload nothing")
 
@@ -270,14 +294,15 @@ def run(args: argparse.Namespace) -> int:
         constants.HF_HUB_DISABLE_XET = True  # the library's own switch, read when an upload starts
     try:
         if args.dry_run:
-            config = check_package(pkg)
+            config = check_package(pkg, load_check=not args.no_load_check)
             card_path = pkg / CARD_NAME
             print(build_model_card(config, card_path.read_text(encoding="utf-8") if card_path.is_file() else None))
             files = [p.relative_to(pkg).as_posix() for p in package_files(pkg)]
             print(json.dumps({"files": sorted(set(files) | {CARD_NAME})}), file=sys.stderr)
             return 0
         commit = push_package(pkg, args.repo_id, revision=args.revision, private=args.private, token=token,
-                              endpoint=args.endpoint, commit_message=args.message)
+                              endpoint=args.endpoint, commit_message=args.message,
+                              load_check=not args.no_load_check)
     except PushError as exc:
         print(f"rsfm-train push: {exc}", file=sys.stderr)
         return 1

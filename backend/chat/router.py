@@ -350,7 +350,12 @@ def answer_question(question: str, sheet: FactSheet, *, backend: ChatBackend | N
     t0 = time.perf_counter()
     intent = classify(question)
     tmpl = template_answer(question, sheet, intent, history)
-    use_lm = backend is not None and (mode in ("phrase", "free") or (mode == "auto" and intent == "describe"))
+    tmpl_check = verify(tmpl, sheet, question=question)
+    # A template without citations is a refusal or "no data" note: rewording it can only lose the refusal
+    # (measured: SmolLM2 turned "I cannot tell about trains" into an offer to help with math homework).
+    rewordable = bool(tmpl_check.cited)
+    use_lm = backend is not None and (mode == "free" or (mode == "phrase" and rewordable)
+                                      or (mode == "auto" and intent == "describe"))
     timings: dict[str, float] = {}
     if not use_lm:
         v = verify(tmpl, sheet, question=question)
@@ -381,9 +386,8 @@ def answer_question(question: str, sheet: FactSheet, *, backend: ChatBackend | N
     if first:
         timings["first_token"] = first[0]
     v = verify(raw, sheet, question=question)
-    tmpl_nums = verify(tmpl, sheet, question=question)
     # phrase mode must keep the template's facts: a rewording that lost a citation is not accepted
-    lost = used == "phrase" and not set(tmpl_nums.cited) <= set(v.cited)
+    lost = used == "phrase" and not set(tmpl_check.cited) <= set(v.cited)
     if not v.text.strip() or lost:
         fallback = verify(tmpl, sheet, question=question)
         fallback.problems = v.problems + fallback.problems

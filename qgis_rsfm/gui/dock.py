@@ -249,7 +249,13 @@ class RsfmDock(QgsDockWidget):
     def shutdown(self) -> None:
         """Stop timers and cancel running jobs (plugin unload)."""
         self.timer.stop()
+        for task in list(self._background):
+            task.on_done = None  # the dock is going away; the task may still finish later
+            task.cancel()
+        self._background = []
         for page in self.pages.values():
             page.cancel_job()
+            if page.task is not None:
+                page.task.on_finished = None
         for d in self._dialogs:
             d.close()

@@ -181,6 +181,9 @@ class ModelBrowserDialog(QDialog):
             if card.startswith("---"):  # drop the Hub YAML header; the table above says the same
                 end = card.find("\n---", 3)
                 card = card[end + 4:] if end > 0 else card
+            lines = card.strip().splitlines()
+            if lines and lines[0].startswith("# "):  # the title is already the heading above
+                card = "\n".join(lines[1:])
             text += "<hr>" + _markdown_to_html(card)
         self.card.setHtml(text)
 

@@ -388,9 +388,10 @@ class TaskPage(QWidget):
                 self._set_status(str(exc), error=True)
             else:
                 self.progress.setValue(100)
-                msg = tr(f"Done: {len(self.last_layers)} layer(s) added.")
-                if outcome.job.warnings:
-                    msg += " " + " ".join(outcome.job.warnings)
+                n = len(self.last_layers)
+                msg = tr(f"Done: {n} layer{'s' if n != 1 else ''} added to 'RSFM results'.")
+                for w in outcome.job.warnings:
+                    msg += "\n⚠ " + w[:1].upper() + w[1:]
                 self._set_status(msg)
                 if bar is not None:
                     bar.pushMessage("RSFM", msg, Qgis.MessageLevel.Success, 5)

@@ -12,9 +12,10 @@ from .detect import DetectAlgorithm
 from .detect_rotated import DetectRotatedAlgorithm
 from .instances import InstancesAlgorithm
 from .segment import SegmentAlgorithm
+from .status import StatusAlgorithm
 
 ALGORITHMS = (SegmentAlgorithm, ClassifyAlgorithm, DetectAlgorithm, DetectRotatedAlgorithm,
-              InstancesAlgorithm, ChangeAlgorithm)
+              InstancesAlgorithm, ChangeAlgorithm, StatusAlgorithm)
 
 
 class RsfmProvider(QgsProcessingProvider):

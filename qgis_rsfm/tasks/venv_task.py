@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess  # nosec B404 - runs the Python interpreter with fixed argv, never a shell
+import subprocess  # nosec B404
 import sys
 from pathlib import Path
 
@@ -49,7 +49,8 @@ class CreateVenvTask(QgsTask):
         self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,  # nosec B603
                                       text=True, env=env)
         steps = 0
-        assert self._proc.stdout is not None
+        if self._proc.stdout is None:  # cannot happen with stdout=PIPE; keeps type checkers honest
+            return self._proc.wait()
         for line in self._proc.stdout:
             self.log.append(line.rstrip())
             if line.startswith(("Collecting", "Downloading", "Installing", "Building", "Successfully")):

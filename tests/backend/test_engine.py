@@ -160,3 +160,33 @@ def test_band_selection_and_alpha(tmp_path):
                           rasterio.enums.ColorInterp.blue, rasterio.enums.ColorInterp.alpha]
     plan = plan_raster(_config(), str(path), {})
     assert plan.bands == [1, 2, 3]
+
+
+def test_blockwise_vectorising_covers_the_same_area(tmp_path):
+    import shapely
+
+    from backend.outputs import ClassRasterWriter, VectorWriter, polygonize_class_raster
+    from training.package import ClassInfo
+
+    classes = [ClassInfo(f"c{i}", "#102030") for i in range(3)]
+    rng = np.random.default_rng(0)
+    cls = (rng.random((50, 70)) * 3).astype(np.uint8)
+    cls[:5, :5] = 255
+    with rasterio.open(write_fixture_raster(tmp_path / "src.tif", width=70, height=50)) as src:
+        crs, transform = src.crs.to_wkt(), src.transform
+    w = ClassRasterWriter(tmp_path / "c.tif", 70, 50, crs, transform, classes)
+    w.write_block(rasterio.windows.Window(0, 0, 70, 50), cls)
+    w.close()
+    areas = {}
+    for mode, max_px in (("whole", 10**9), ("blocks", 10)):
+        vw = VectorWriter(tmp_path / f"{mode}.gpkg", "classes", crs,
+                          {"class_id": np.int32, "class_name": object, "area_m2": np.float64}, {})
+        polygonize_class_raster(tmp_path / "c.tif", vw, classes, crs, max_pixels=max_px, block=16)
+        vw.close()
+        import pyogrio
+
+        _, _, geoms, fields = pyogrio.raw.read(tmp_path / f"{mode}.gpkg")
+        polys = shapely.from_wkb(geoms)
+        assert shapely.is_valid(polys).all()
+        areas[mode] = {k: float(sum(p.area for p, c in zip(polys, fields[0], strict=True) if c == k)) for k in range(3)}
+    assert areas["whole"] == areas["blocks"] == {k: float((cls == k).sum()) for k in range(3)}

@@ -11,6 +11,7 @@ import pytest
 import rasterio
 import shapely
 from conftest import assert_error
+from make_fixtures import write_fixture_raster
 
 from backend.runtimes import Runtime
 
@@ -310,3 +311,26 @@ def test_outputs_and_styles_load_in_real_qgis(api, fx, tmp_path):
     assert "RASTER ['background', 'building', 'vegetation']" in res.stdout
     assert "VECTOR" in res.stdout
     assert "partially supported" not in res.stderr  # GeoPackage version QGIS 3.22's GDAL reads fully
+
+
+def test_geographic_crs_raster(api, fx, tmp_path):
+    """EPSG:4326 pixels of ~1 m: GSD is converted to metres, areas come out in square metres."""
+    deg = 1.0 / 111_320.0  # ~1 m at the equator
+    path = write_fixture_raster(tmp_path / "geo.tif", width=64, height=48, crs="EPSG:4326", gsd_m=deg,
+                                origin=(55.0, 0.0005))
+    _, job = api.post("/api/v1/jobs", _job(fx, tmp_path / "geo", raster=path))
+    assert job.get("warnings") == [], job
+    job = api.wait(job["id"])
+    assert job["state"] == "succeeded", job
+    assert job["result"]["stats"]["gsd_m"] == pytest.approx(1.0, rel=0.01)
+    total = sum(c["area_m2"] for c in job["result"]["stats"]["classes"])
+    assert total == pytest.approx(64 * 48, rel=0.01)
+    _, _, _, fields = pyogrio.raw.read(job["result"]["outputs"][1]["path"], layer="classes")
+    assert fields[2].sum() == pytest.approx(64 * 48, rel=0.01)  # area_m2 of the polygons
+
+
+def test_uint16_raster_warns(api, fx, tmp_path):
+    path = write_fixture_raster(tmp_path / "u16.tif", dtype="uint16")
+    status, body = api.post(f"/api/v1/models/{fx['seg_id']}/check", {"raster": str(path)})
+    assert status == 200 and body["ok"] is True
+    assert any("statistics are for uint8" in w for w in body["warnings"])

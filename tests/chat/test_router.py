@@ -131,3 +131,9 @@ def test_unknown_things_get_an_honest_refusal(sheet, q):
 def test_generic_questions_are_not_refused(sheet):
     assert "5 objects" in answer_question("How many objects are there?", sheet).text
     assert "cannot tell" not in answer_question("Is there anything here?", sheet).text
+
+
+def test_refusals_are_never_reworded(sheet):
+    lm = EchoLM("I'm here to help you with your math homework.")
+    a = answer_question("How many trains are there?", sheet, backend=lm, mode="phrase")
+    assert a.mode == "template" and a.text.startswith("I cannot tell") and lm.messages is None

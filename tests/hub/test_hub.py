@@ -173,16 +173,32 @@ def test_corrupted_small_file_is_refused(hub, pushed, tmp_path):
     assert PackageConfig.load(path).name == PackageConfig.load(pushed.package).name
 
 
-def test_verify_snapshot_detects_tampering(hub, pushed, tmp_path):
-    path = bh.fetch_model(pushed.repo_id, cache_dir=tmp_path / "cache")
+def test_tampered_cache_is_detected_and_healed(hub, pushed, tmp_path):
+    cache = tmp_path / "cache"
+    path = bh.fetch_model(pushed.repo_id, cache_dir=cache)
     assert "model.safetensors" in bh.verify_snapshot(path, rehash=True)
-    blob = (path / "model.safetensors").resolve()
-    data = bytearray(blob.read_bytes())
-    data[100] ^= 0xFF
-    blob.write_bytes(bytes(data))
+    good = (path / "model.safetensors").read_bytes()
+
+    def tamper() -> Path:
+        blob = (path / "model.safetensors").resolve()
+        data = bytearray(blob.read_bytes())
+        data[100] ^= 0xFF
+        blob.write_bytes(bytes(data))
+        return blob
+
+    blob = tamper()
     with pytest.raises(bh.HubIntegrityError):
         bh.verify_snapshot(path, rehash=True)
     assert not blob.exists()
+    # online, a pinned commit whose cached copy is damaged is downloaded again
+    bh.fetch_model(pushed.repo_id, cache_dir=cache)
+    tamper()
+    assert bh.fetch_model(pushed.repo_id, revision=pushed.commit, cache_dir=cache) == path
+    assert (path / "model.safetensors").read_bytes() == good
+    # offline it cannot heal: the damaged file is refused (and removed)
+    tamper()
+    with pytest.raises(bh.HubIntegrityError, match="corrupted"):
+        bh.fetch_model(pushed.repo_id, revision=pushed.commit, cache_dir=cache, local_files_only=True)
 
 
 def test_partial_incomplete_file_is_resumed(hub, pushed, tmp_path):
@@ -288,10 +304,18 @@ def test_gated_and_private_repos(hub, seg_package, tmp_path):
     assert owner_view["rsfm/private"]["private"] is True
 
 
-def test_listing_gives_up_after_its_deadline(tmp_path):
-    dead = HubServer(tmp_path / "root")  # bound but never started: its port refuses nothing, answers nothing
-    url = dead.url
-    dead.stop()  # now the port is closed: connection refused, which the client retries for ~25 s
+_SILENT_SOCKETS = []  # kept open for the session: the abandoned listing call stays blocked, quietly
+
+
+def test_listing_gives_up_after_its_deadline():
+    """A Hub that accepts connections but never answers (a black-holing firewall) is reported in time."""
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # the kernel completes the handshake; nobody ever reads or answers
+    _SILENT_SOCKETS.append(silent)
+    url = f"http://127.0.0.1:{silent.getsockname()[1]}"
     with pytest.raises(bh.HubUnreachableError, match="did not answer"):
         bh.list_rsfm_models(url, timeout_s=0.5)
 

@@ -58,6 +58,7 @@ def test_cli_push_to_branch_prints_commit_and_hides_token(hub, seg_package, tmp_
     ("no_weights", "there is no such file"),
     ("bad_weights", "not a readable safetensors file"),
     ("no_config", "no config.json"),
+    ("wrong_tensors", "does not load"),
 ])
 def test_cli_refuses_broken_packages(hub, seg_package, tmp_path, capsys, damage, message):
     pkg = tmp_path / "pkg"
@@ -75,6 +76,11 @@ def test_cli_refuses_broken_packages(hub, seg_package, tmp_path, capsys, damage,
         (pkg / "model.safetensors").write_bytes(b"\x00" * 64)
     elif damage == "no_config":
         (pkg / "config.json").unlink()
+    elif damage == "wrong_tensors":  # a valid safetensors file, but not these weights
+        import numpy as np
+        from safetensors.numpy import save_file
+
+        save_file({"head.weight": np.zeros((3, 3), np.float32)}, str(pkg / "model.safetensors"))
     hub.clear_log()
     rc = train_cli(["push", str(pkg), "--repo-id", "rsfm/broken", "--token", DEFAULT_TOKEN,
                     "--endpoint", hub.url, "--no-xet"])
@@ -205,3 +211,17 @@ def test_backend_hub_errors(backend, hub, pushed):
     assert "HF_TOKEN" in job["error"]["message"]
     status, body = backend.request("POST", "/api/v1/hub/verify", {"model": "hf://rsfm/seg-fixture@main"})
     assert status == 503 and body["error"]["code"] == "hub_offline_not_cached", body
+
+
+def test_backend_offline_lists_the_cache(backend, hub, pushed, monkeypatch):
+    status, job = backend.request("POST", "/api/v1/hub/install", {"repo_id": f"hf://{pushed.repo_id}@main"})
+    assert backend.wait(job["id"])["state"] == "succeeded"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    status, body = backend.request("GET", "/api/v1/hub/models")
+    assert status == 200 and body["offline"] is True and body["source"] == "cache", body
+    assert [m["repo_id"] for m in body["models"]] == [pushed.repo_id]
+    hub.clear_log()  # installing a cached branch offline needs no Hub at all
+    status, job = backend.request("POST", "/api/v1/hub/install", {"repo_id": pushed.repo_id})
+    job = backend.wait(job["id"])
+    assert job["state"] == "succeeded" and job["result"]["stats"]["commit"] == pushed.commit, job
+    assert hub.requests == []

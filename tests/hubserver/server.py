@@ -194,7 +194,8 @@ class HubServer:
 
     def stop(self) -> None:
         """Stop listening and close every open connection (so pooled keep-alive sockets fail too)."""
-        self._httpd.shutdown()
+        if self._thread is not None:  # shutdown() waits for serve_forever(), which only runs once started
+            self._httpd.shutdown()
         self._httpd.server_close()
         self._httpd.close_all()
         if self._thread is not None:
@@ -351,6 +352,8 @@ class HubServer:
             for line in lines[1:]:
                 key, value = line.get("key"), line.get("value") or {}
                 path = value.get("path", "")
+                if key == "deletedFolder":
+                    path = path.rstrip("/")  # the client sends folders as "name/"
                 if key in ("file", "lfsFile", "deletedFile", "deletedFolder"):
                     _check_repo_path(path)
                 if key == "file":
@@ -611,10 +614,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _paged(self, items: list[Any]) -> None:
         start = int(self.query.get("cursor", ["0"])[0] or 0)
         limit = self.query.get("limit", [None])[0]
-        size = min(int(limit), self.hub.page_size) if limit else self.hub.page_size
+        size = min(int(limit), 1000) if limit else self.hub.page_size  # the client stops after `limit` itself
         page = items[start:start + size]
         headers = {}
-        if start + size < len(items) and not limit:
+        if start + size < len(items):
             q = {k: v for k, v in self.query.items() if k != "cursor"}
             qs = "&".join(f"{quote(k)}={quote(x)}" for k, vs in q.items() for x in vs)
             nxt = f"{self._base()}{urlsplit(self.path).path}?{qs}{'&' if qs else ''}cursor={start + size}"

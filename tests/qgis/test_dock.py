@@ -52,12 +52,16 @@ def test_segmentation_job_adds_a_georeferenced_styled_layer(dock, project, raste
     assert page.current_model().id == "rsfm-fixture-semantic-segmentation"
     assert page.run_button.isEnabled(), page.fit_label.text()
     page.out_widget.setFilePath(str(tmp_path))
+    page.vectorize_check.setChecked(True)
     task = page.run_job()
     assert task is not None, page.status_label.text()
     assert wait_for(lambda: page.task is None, 120), "job did not finish"
+    page.vectorize_check.setChecked(False)
     assert type(page.last_outcome).__name__ == "Success", page.status_label.text()
-    assert len(page.last_layers) == 1
-    out = page.last_layers[0]
+    assert len(page.last_layers) == 2, "a class raster and its polygons"
+    out, polys = page.last_layers
+    assert polys.isValid() and polys.crs() == src.crs() and polys.featureCount() > 0
+    assert polys.renderer().type() in ("categorizedSymbol", "singleSymbol")
     assert isinstance(out, QgsRasterLayer) and out.isValid()
     assert out.crs() == src.crs()
     assert out.extent().toString(3) == src.extent().toString(3)

@@ -13,7 +13,8 @@ import pytest
 pytest.importorskip("qgis.core")
 
 REPO = Path(__file__).resolve().parents[2]
-ALG_IDS = {"rsfm:segment", "rsfm:classify", "rsfm:detect", "rsfm:detect_rotated", "rsfm:instances", "rsfm:change"}
+ALG_IDS = {"rsfm:segment", "rsfm:classify", "rsfm:detect", "rsfm:detect_rotated", "rsfm:instances", "rsfm:change",
+           "rsfm:status"}
 
 
 def _metadata(path: Path) -> configparser.SectionProxy:
@@ -93,3 +94,18 @@ def test_class_factory_init_gui_and_unload(qgis_app, iface):
     assert QgsApplication.processingRegistry().providerById("rsfm") is None
     assert iface.raster_menu_actions(plugin.MENU) == []
     assert plugin.dock is None and not iface.docks
+
+
+def test_ci_without_qgis_fails_instead_of_skipping(tmp_path):
+    """With CI=true, running these tests in a Python without QGIS must fail loudly."""
+    venv_py = REPO / ".venv" / "bin" / "python"
+    if not venv_py.is_file():
+        pytest.skip("no .venv (a Python without QGIS) to try")
+    base = [str(venv_py), "-m", "pytest", "tests/qgis/test_plugin.py", "-q", "-p", "no:cacheprovider",
+            f"--basetemp={tmp_path / 'bt'}"]
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("CI", "PYTHONPATH")}
+    ci = subprocess.run(base, capture_output=True, text=True, cwd=str(REPO), env=dict(env, CI="true"), timeout=120)
+    assert ci.returncode != 0
+    assert "CI=true but 'import qgis' fails" in ci.stdout + ci.stderr
+    local = subprocess.run(base, capture_output=True, text=True, cwd=str(REPO), env=env, timeout=120)
+    assert local.returncode in (0, 5) and "skipped" in local.stdout, local.stdout[-1000:]  # 5: all skipped

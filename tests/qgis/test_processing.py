@@ -53,7 +53,7 @@ def _grid(path):
 
 def test_house_rules(provider):
     """QGIS's GenericAlgorithmsTest rules: tags, help, short description style."""
-    assert {a.id() for a in provider.algorithms()} == set(ALGS)
+    assert {a.id() for a in provider.algorithms()} == set(ALGS) | {"rsfm:status"}
     for alg in provider.algorithms():
         assert alg.tags(), alg.id()
         assert alg.shortHelpString(), alg.id()
@@ -152,3 +152,55 @@ def test_coarse_gsd_is_refused_unless_allowed(provider, backend, rasters, tmp_pa
     out = _run("rsfm:segment", {"INPUT": rasters["coarse_gsd"], "ALLOW_GSD_MISMATCH": True,
                                 "OUTPUT_FOLDER": str(tmp_path / "b")})
     assert out["OUTPUT"].endswith(".tif")
+
+
+def test_cancel_reaches_the_backend(provider, backend, client, tmp_path):
+    """feedback.cancel() during the run cancels the backend job; nothing is written."""
+    import threading
+
+    import numpy as np
+    import processing
+    from osgeo import gdal, osr
+    from qgis.core import QgsProcessingContext, QgsProcessingException, QgsProcessingFeedback
+
+    path = str(tmp_path / "big.tif")
+    ds = gdal.GetDriverByName("GTiff").Create(path, 1024, 1024, 3, gdal.GDT_Byte)
+    ds.SetGeoTransform((500000.0, 1.0, 0.0, 2800000.0, 0.0, -1.0))
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32640)
+    ds.SetProjection(srs.ExportToWkt())
+    for b in range(3):
+        ds.GetRasterBand(b + 1).WriteArray(np.random.default_rng(b).integers(0, 255, (1024, 1024), dtype=np.uint8))
+    ds = None
+    feedback = QgsProcessingFeedback()
+    before = {j.id for j in client.jobs()}
+
+    def cancel_when_submitted():
+        for _ in range(600):
+            if {j.id for j in client.jobs()} - before:
+                feedback.cancel()
+                return
+            threading.Event().wait(0.05)
+
+    t = threading.Thread(target=cancel_when_submitted, daemon=True)
+    t.start()
+    out_dir = tmp_path / "out"
+    with pytest.raises(QgsProcessingException, match="cancelled"):
+        processing.run("rsfm:segment", {"INPUT": path, "OUTPUT_FOLDER": str(out_dir)},
+                       context=QgsProcessingContext(), feedback=feedback)
+    t.join(5)
+    new = [j for j in client.jobs() if j.id not in before]
+    assert len(new) == 1 and new[0].state == "cancelled"
+    assert not [p for p in out_dir.rglob("*") if p.suffix in (".tif", ".gpkg")]
+
+
+def test_status_lists_models_for_a_task(provider, backend, fixtures_index):
+    import json
+
+    out = _run("rsfm:status", {"TASK": 1})  # 1 = semantic_segmentation
+    status = json.loads(out["OUTPUT"])
+    assert status["backend"]["api_version"] == 1
+    assert [m["id"] for m in status["models"]] == ["rsfm-fixture-semantic-segmentation"]
+    assert out["MODEL_COUNT"] == 1
+    everything = _run("rsfm:status", {})
+    assert everything["MODEL_COUNT"] == len(fixtures_index["models"])

@@ -64,7 +64,7 @@ def test_list_shows_the_provider(qp_env):
     exe, env = qp_env
     out = subprocess.run([exe, "list"], env=env, capture_output=True, text=True, timeout=120)
     for alg in ("rsfm:segment", "rsfm:classify", "rsfm:detect", "rsfm:detect_rotated", "rsfm:instances",
-                "rsfm:change"):
+                "rsfm:change", "rsfm:status"):
         assert alg in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
 
 

@@ -177,7 +177,9 @@ def test_low_precision_inputs_sample_in_float32():
     x = torch.randn(1, 40, 40, 8, generator=g)
     off = 3 * torch.randn(1, 40, 40, 2 * 9 * 2, generator=g)
     mask = torch.rand(1, 40, 40, 2 * 9, generator=g)
-    ref = dcnv3_core(x.bfloat16().float(), off.bfloat16().float(), mask.bfloat16().float(), group=2, offset_scale=2.0)
+    ref = dcnv3_core(
+        x.bfloat16().float(), off.bfloat16().float(), mask.bfloat16().float(), group=2, offset_scale=2.0
+    )
     got = dcnv3_core(x.bfloat16(), off.bfloat16(), mask.bfloat16(), group=2, offset_scale=2.0)
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got.float(), ref, rtol=2e-2, atol=2e-2)

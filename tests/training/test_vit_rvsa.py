@@ -421,6 +421,9 @@ def test_level_subsets_and_forward_features():
     torch.testing.assert_close(last, full[3])
     with pytest.raises(ValueError, match="pyramid levels"):
         m.forward_intermediates(x, indices=[4])
+    with pytest.raises(ValueError, match="too small"):
+        m(torch.randn(1, 3, 16, 64))
+    assert m.forward_intermediates(torch.randn(1, 3, 16, 16), indices=[0, 2])[1].shape == (1, 192, 1, 1)
 
 
 def test_layer_decay_groups_with_training_lr_decay():

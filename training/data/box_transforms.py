@@ -10,6 +10,10 @@ the image, regularised).
 Flips and 90-degree rotations map every geometry exactly. Crops and rescales change shapes, so there the
 boxes are recomputed from the transformed masks (or polygons when there are no masks) and instances that
 leave the crop are dropped. Randomness comes from ``torch``'s global generator.
+
+Photometric steps from :mod:`training.data.transforms` (``ColorJitter``, ``Normalize``) touch only the image
+and can be composed with these; its geometric ones (``RandomFlip``, ``RandomRot90``, ``RandomScaleCrop``) do
+not move boxes and must not be used on detection samples.
 """
 
 from __future__ import annotations

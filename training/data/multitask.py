@@ -43,6 +43,10 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch.utils.data import Dataset, Sampler
 
+from training.data import DatasetNotFoundError
+from training.data.dota import DOTA_V1_CLASSES, parse_dota_label
+from training.data.instance_png import HRSID_PALETTE, ISAID_PALETTE
+
 __all__ = [
     "DOTA_V1_CLASSES",
     "ISAID_CLASSES",
@@ -82,24 +86,9 @@ NWPU_CLASSES: tuple[str, ...] = (
     "airplane", "ship", "storage_tank", "baseball_diamond", "tennis_court", "basketball_court",
     "ground_track_field", "harbor", "bridge", "vehicle",
 )
-DOTA_V1_CLASSES: tuple[str, ...] = (
-    "plane", "baseball-diamond", "bridge", "ground-track-field", "small-vehicle", "large-vehicle", "ship",
-    "tennis-court", "basketball-court", "storage-tank", "soccer-ball-field", "roundabout", "harbor",
-    "swimming-pool", "helicopter",
-)
-# iSAID palette of the *_instance_color_RGB.png masks (class order = label index).
-ISAID_CLASSES: tuple[tuple[str, tuple[int, int, int]], ...] = (
-    ("ship", (0, 0, 63)), ("storage_tank", (0, 63, 63)), ("baseball_diamond", (0, 63, 0)),
-    ("tennis_court", (0, 63, 127)), ("basketball_court", (0, 63, 191)), ("Ground_Track_Field", (0, 63, 255)),
-    ("Bridge", (0, 127, 63)), ("Large_Vehicle", (0, 127, 127)), ("Small_Vehicle", (0, 0, 127)),
-    ("Helicopter", (0, 0, 191)), ("Swimming_pool", (0, 0, 255)), ("Roundabout", (0, 191, 127)),
-    ("Soccer_ball_field", (0, 127, 191)), ("plane", (0, 127, 255)), ("Harbor", (0, 100, 155)),
-)
-HRSID_CLASSES: tuple[tuple[str, tuple[int, int, int]], ...] = (("ship", (128, 0, 0)),)
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """A source folder or file is missing; the message names the path and the flag to change."""
+# Class lists / palettes have one definition each, in the format readers.
+ISAID_CLASSES = ISAID_PALETTE
+HRSID_CLASSES = HRSID_PALETTE
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -263,17 +252,9 @@ class DotaSource(Source):
 
     def load(self, index: int) -> RawSample:
         img_path, lbl_path = self.items[index]
-        polys, labels = [], []
-        for line in lbl_path.read_text().splitlines():
-            parts = line.split()
-            if len(parts) < 9 or parts[0].startswith(("imagesource", "gsd")):
-                continue
-            name = parts[8]
-            if name not in self._names:
-                raise ValueError(f"{lbl_path}: class {name!r} is not a DOTA v1.0 class; valid: {self._names}")
-            polys.append([np.asarray(parts[:8], dtype=np.float64).reshape(4, 2)])
-            labels.append(self._names.index(name))
-        return RawSample(image=_read_rgb(img_path), polygons=polys, polygon_labels=labels)
+        label = parse_dota_label(lbl_path, self._names)  # raises naming file and line on a bad label
+        polys = [[p.reshape(4, 2).astype(np.float64)] for p in label["polygons"].numpy()]
+        return RawSample(image=_read_rgb(img_path), polygons=polys, polygon_labels=label["labels"].tolist())
 
 
 class InstancePngSource(Source):

@@ -19,8 +19,9 @@ summed by the caller (:func:`total_loss`).
 
 Per-image loss semantics: the official run has one image per dataset per GPU, and DDP averages gradients
 over GPUs, so the effective loss is the *mean over images of the per-image loss*. :meth:`MultiTaskModel.
-forward` computes exactly that for any number of images per dataset (decoders run image by image when
-``b > 1``), with the detectors' random RoI sampling seeded per image from the sample's global position.
+forward` computes exactly that for any number of images per dataset (semseg: per-image pixel means
+averaged over images; the detectors run image by image), with the detectors' random RoI sampling seeded per
+image from the sample's global position.
 That makes ``N`` processes x ``b`` images numerically the same as 1 process x ``N*b`` images.
 
 State-dict keys: ``encoder.*``, ``semseg.*``, ``insseg.*``, ``rotdet.*``; :func:`encoder_state_dict`

@@ -592,6 +592,11 @@ class ViTRVSA(nn.Module):
             indices: pyramid levels to return (default ``[0, 1, 2, 3]``).
         """
         wanted = check_level_indices(indices)
+        if 3 in wanted and min(x.shape[-2:]) < 32:
+            raise ValueError(
+                f"input {x.shape[-2]}x{x.shape[-1]} px is too small for the stride-32 level; use >= 32 px "
+                "or request indices without level 3"
+            )
         feats = self.forward_tapped(x, wanted)
         ops = (self.fpn1, self.fpn2, self.fpn3, self.fpn4)
         return [ops[i](f) for i, f in zip(wanted, feats, strict=True)]

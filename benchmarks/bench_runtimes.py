@@ -1,0 +1,101 @@
+"""onnxruntime vs torch eager on CPU: the same model package, the same real tiles, alternating A/B runs.
+
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_runtimes.py --rounds 8 --threads 1 2 \
+        [--out docs/bench/runtimes.md]
+
+Both runtimes are built through ``backend.runtimes.RUNTIMES`` (what jobs use), fed the same batch of
+``batch x 3 x tile x tile`` real Dubai tiles normalised with the package's mean/std. Each round times one
+torch call then one onnx call (then the order flips), so load changes on the shared machine hit both; the
+ratio is median(torch) / median(onnx). Parity: max |logit difference| and argmax agreement on the batch.
+Target (issue "Performance"): onnxruntime >= 1.5x torch eager.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    command_line,
+    default_package,
+    machine,
+    md_table,
+    real_tiles,
+    write_section,
+)
+
+
+def tile_batch(batch: int, tile: int, mean: list[float], std: list[float]) -> np.ndarray:
+    """``batch x 3 x tile x tile`` float32 real tiles, normalised like the engine does."""
+    tiles = real_tiles(tile, limit=batch)
+    x = np.stack(tiles[:batch]).astype(np.float32)
+    return (x - np.asarray(mean, np.float32)[None, :, None, None]) / np.asarray(std, np.float32)[None, :, None, None]
+
+
+def compare(models_dir: Path, threads: int, rounds: int, batch: int, tile: int) -> dict:
+    """Time torch and onnx runtimes alternately on one batch; return medians, ratio and parity."""
+    from backend.models import ModelRegistry
+    from backend.runtimes import RUNTIMES
+
+    entry = [e for e in ModelRegistry([models_dir], include_bundled=False).list()
+             if e.config.task == "semantic_segmentation"][0]
+    x = tile_batch(batch, tile, entry.config.mean, entry.config.std)
+    rts = {name: RUNTIMES[name](entry, device="cpu", threads=threads) for name in ("torch", "onnx")}
+    outs = {name: np.asarray(rt(x)) for name, rt in rts.items()}  # warm-up + parity
+    times: dict[str, list[float]] = {"torch": [], "onnx": []}
+    for i in range(rounds):
+        order = ("torch", "onnx") if i % 2 == 0 else ("onnx", "torch")
+        for name in order:
+            t0 = time.perf_counter()
+            rts[name](x)
+            times[name].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    diff = float(np.abs(outs["torch"] - outs["onnx"]).max())
+    agree = float((outs["torch"].argmax(1) == outs["onnx"].argmax(1)).mean())
+    px = batch * tile * tile
+    return {"threads": threads, "torch_s": med["torch"], "onnx_s": med["onnx"], "ratio": med["torch"] / med["onnx"],
+            "torch_mpx_s": px / med["torch"] / 1e6, "onnx_mpx_s": px / med["onnx"] / 1e6,
+            "max_abs_diff": diff, "argmax_agree": agree, "load1": machine()["load1"], "model": entry.id}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, nargs="*", default=[1, 2], help="intra-op threads to compare at")
+    p.add_argument("--rounds", type=int, default=8, help="timed calls per runtime (alternating)")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--tile", type=int, default=256)
+    p.add_argument("--out", type=Path, help="write the Markdown section here")
+    args = p.parse_args(argv)
+
+    rows, results = [], []
+    with tempfile.TemporaryDirectory(prefix="rsfm-bench-rt-") as tmp:
+        models_dir, desc = default_package("semantic_segmentation", Path(tmp), tile_size_px=args.tile,
+                                           batch_size=args.batch)
+        for t in args.threads:
+            r = compare(models_dir, t, args.rounds, args.batch, args.tile)
+            results.append(r)
+            print(r, flush=True)
+            rows.append([t, r["torch_s"] * 1e3, r["onnx_s"] * 1e3, r["torch_mpx_s"], r["onnx_mpx_s"],
+                         f"**{r['ratio']:.2f}x**", f"{r['max_abs_diff']:.1e}", f"{100 * r['argmax_agree']:.2f} %",
+                         r["load1"]])
+    table = md_table(["threads", "torch eager (ms/batch)", "onnxruntime (ms/batch)", "torch Mpx/s", "onnx Mpx/s",
+                      "onnx speed-up", "max abs logit diff", "argmax agreement", "load avg"], rows)
+    best = max(r["ratio"] for r in results)
+    verdict = "met" if best >= 1.5 else "NOT met"
+    body = (f"Model: {desc}. Batch {args.batch} x 3 x {args.tile} x {args.tile} real Dubai tiles, "
+            f"{args.rounds} alternating calls per runtime, medians.\n\n{table}\n\n"
+            f"Target onnxruntime >= 1.5x torch eager: **{verdict}** (best ratio {best:.2f}x).\n")
+    print(write_section(args.out, "onnxruntime vs torch eager (CPU)", command_line("bench_runtimes.py", sys.argv[1:]
+                                                                                   if argv is None else argv), body))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
