@@ -15,7 +15,7 @@ Why the two runs are numerically the same (not just statistically):
 What remains are float summation-order differences (~1e-7 relative): the per-step losses agree to 1e-6 and
 practically every weight to 1e-6. AdamW divides each gradient element by its own running RMS, so for the odd
 element whose gradient is ~0 a rounding difference can change that element's update by up to ~lr per step
-(measured: 7 of 3.4 M elements differ by 2e-6..1.2e-5 at lr 5e-4); the test bounds those by 2 * lr * steps.
+(measured: 7 of ~3.3 M elements differ by 2e-6..1.2e-5 at lr 5e-4); the test bounds those by 2 * lr * steps.
 """
 
 from __future__ import annotations

@@ -318,3 +318,10 @@ def test_init_mae_maps_an_mae_checkpoint_onto_the_vit_encoder(tmp_path):
     assert dst.pos_embed.shape == (1, 16, 192)
     k = "blocks.0.mlp.fc1.weight"
     assert torch.equal(dst.state_dict()[k], src.state_dict()[k])
+
+
+def test_batch_norm_with_one_image_per_source_is_refused_with_the_fix(fixture_root, tmp_path):
+    with pytest.raises(SystemExit, match="--norm frozen or --batch-per-source 2"):
+        _run(fixture_root, tmp_path / "bn", "--steps", "1", "--norm", "batch")
+    with pytest.raises(SystemExit, match="--init-weights"):
+        _run(fixture_root, tmp_path / "mae", "--steps", "1", "--init", "mae")
