@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -318,6 +319,31 @@ class RsfmClient:
         a = self.request("POST", f"/models/{_q(model_id)}/check", {"raster": raster})
         return CheckResult(ok=bool(a.get("ok")), problems=list(a.get("problems") or []),
                            warnings=list(a.get("warnings") or []))
+
+    def hub_models(self, task: str | None = None, search: str | None = None,
+                   cached: bool = False) -> dict[str, Any]:
+        """``GET /hub/models``: RSFM packages on the backend's Hub endpoint (repos tagged ``rsfm``).
+
+        Returns:
+            ``{"endpoint", "source": "hub"|"cache", "offline", "models": [{"repo_id", "id", "sha", "task",
+            "tags", "downloads", "likes", "license", ...}]}``.
+        """
+        query = {k: v for k, v in (("task", task), ("search", search), ("cached", "1" if cached else None)) if v}
+        path = "/hub/models" + ("?" + urllib.parse.urlencode(query) if query else "")
+        # The backend itself waits up to ~15 s for the Hub; give it a little more than that.
+        answer = self.request("GET", path, timeout_s=max(self.timeout_s, 25.0))
+        if not isinstance(answer, dict) or not isinstance(answer.get("models"), list):
+            raise ProtocolError("the backend's Hub listing has no 'models' list; update the backend",
+                                code="bad_hub_listing")
+        return answer
+
+    def hub_install(self, repo_id: str, revision: str | None = None) -> Job:
+        """``POST /hub/install``: start downloading a Hub package; returns the job (task ``hub_install``) to
+        poll and cancel like any other job. On success the model is listed by :meth:`models`."""
+        body: dict[str, Any] = {"repo_id": repo_id}
+        if revision:
+            body["revision"] = revision
+        return Job.from_dict(self.request("POST", "/hub/install", body))
 
     def submit(self, job_request: dict[str, Any]) -> Job:
         """``POST /jobs`` with a contract ``JobRequest``; returns the queued job."""

@@ -78,6 +78,20 @@ TASK_DEFS: tuple[TaskDef, ...] = (
 AREA_WHOLE, AREA_VISIBLE, AREA_SELECTED = 0, 1, 2
 
 
+def plain_failure(outcome: Failed, spec: JobSpec | None) -> str:
+    """The failure as the user should read it: backend codes that name file paths get the layer names."""
+    before = spec.source_name if spec else ""
+    after = (spec.extra or {}).get("after_name", "") if spec else ""
+    if outcome.code == "rasters_do_not_overlap":
+        return tr(f"The before image '{before}' and the after image '{after}' do not overlap, so there is "
+                  "nothing to compare. Choose two images of the same place (they may use different CRSs).")
+    if outcome.code == "backend_unreachable":
+        return tr("The RSFM backend stopped while the job was running (it may have crashed or been closed), "
+                  "so the job was lost. Run again: the backend is restarted automatically. If this repeats, "
+                  "see Settings > Self-test for the backend log.")
+    return outcome.message
+
+
 def tr(text: str) -> str:
     return QCoreApplication.translate("RsfmTaskPage", text)
 
@@ -342,9 +356,13 @@ class TaskPage(QWidget):
             if first.bands and "bands" not in req["options"]:
                 req["options"]["bands"] = first.bands
             if len(layer_objs) > 1:
-                req["inputs"]["raster_after"] = prepare_input(layer_objs[1], area, gsd, tmp_dir=out_dir).path
+                # The area is in the before layer's CRS; the after layer may use another CRS (the backend
+                # warps it onto the before grid), so the area is reprojected before clipping to it.
+                after_area = to_layer_crs(area, layer_objs[0].crs(), layer_objs[1]) if area is not None else None
+                req["inputs"]["raster_after"] = prepare_input(layer_objs[1], after_area, gsd, tmp_dir=out_dir).path
 
-        return JobSpec(request=request, prepare=prepare, source_name=layers[0].name())
+        extra = {"after_name": layers[1].name()} if len(layers) > 1 else {}
+        return JobSpec(request=request, prepare=prepare, source_name=layers[0].name(), extra=extra)
 
     def run_job(self) -> RsfmJobTask | None:
         """Start the job as a QgsTask; returns it (None when the form is not valid)."""
@@ -399,9 +417,10 @@ class TaskPage(QWidget):
             self.progress.setValue(0)
             self._set_status(tr("Cancelled; nothing was added."))
         elif isinstance(outcome, Failed):
-            self._set_status(outcome.message, error=True)
+            message = plain_failure(outcome, spec)
+            self._set_status(message, error=True)
             if bar is not None:
-                bar.pushMessage("RSFM", outcome.message, Qgis.MessageLevel.Critical, 10)
+                bar.pushMessage("RSFM", message, Qgis.MessageLevel.Critical, 10)
         self._show_fitness()
         self.job_finished.emit(self.status_label.text())
 

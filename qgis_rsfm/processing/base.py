@@ -212,16 +212,18 @@ class RsfmAlgorithm(QgsProcessingAlgorithm):
                     feedback.pushWarning(w)
                 if not fit.ok:
                     raise QgsProcessingException(" ".join(p[0].upper() + p[1:] + "." for p in fit.problems))
-            area = None
+            area = area_after = None
             if parameters.get(self.EXTENT) is not None:
                 area = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
                 if area.isNull() or area.isEmpty():
                     area = None
+                elif after is not None:  # the after image may use another CRS; the backend warps it
+                    area_after = self.parameterAsExtent(parameters, self.EXTENT, context, after.crs())
             out_dir = self.parameterAsString(parameters, self.OUTPUT_FOLDER, context) or tempfile.mkdtemp(
                 prefix="rsfm_")
             try:
                 prepared = prepare_input(layer, area, model.gsd_m)
-                prepared_after = prepare_input(after, area, model.gsd_m) if after is not None else None
+                prepared_after = prepare_input(after, area_after, model.gsd_m) if after is not None else None
             except InputError as exc:
                 raise QgsProcessingException(str(exc)) from None
             request = self._request(parameters, context, model, prepared, prepared_after, out_dir)
@@ -241,6 +243,11 @@ class RsfmAlgorithm(QgsProcessingAlgorithm):
 
             final = client.wait(job.id, poll_s=0.25, on_update=update, is_cancelled=feedback.isCanceled)
         except RsfmClientError as exc:
+            if exc.code == "rasters_do_not_overlap" and after is not None:
+                raise QgsProcessingException(self.tr(
+                    f"The before image '{layer.name()}' and the after image '{after.name()}' do not overlap, so "
+                    "there is nothing to compare. Choose two images of the same place (they may use different "
+                    "CRSs).")) from None
             raise QgsProcessingException(exc.message) from None
         for w in final.warnings:
             feedback.pushWarning(w)

@@ -48,12 +48,16 @@ class JobSpec:
         prepare: called on the worker thread before submitting (e.g. render a web layer); may edit
             ``request`` in place and raise with a plain-words message.
         source_name: layer name, for provenance.
+        extra: anything the caller wants back in ``finished`` (e.g. the after layer's name).
+        submit: starts the backend job (default ``client.submit(request)``, i.e. ``POST /jobs``); a Hub
+            install passes ``client.hub_install`` here and is then polled and cancelled the same way.
     """
 
     request: dict[str, Any]
     prepare: Callable[[dict[str, Any]], None] | None = None
     source_name: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    submit: Callable[[RsfmClient, dict[str, Any]], Job] | None = None
 
 
 class RsfmJobTask(QgsTask):
@@ -99,7 +103,8 @@ class RsfmJobTask(QgsTask):
             self.spec.prepare(self.spec.request)
         if self.isCanceled():
             return Canceled()
-        job = client.submit(self.spec.request)
+        job = (self.spec.submit(client, self.spec.request) if self.spec.submit is not None
+               else client.submit(self.spec.request))
         self.job_id = job.id
 
         def update(j: Job) -> None:

@@ -183,6 +183,20 @@ def wait_for(predicate, timeout_s: float = 60.0) -> bool:
     return bool(predicate())
 
 
+@pytest.fixture
+def dock(qgis_app, iface, backend, project):
+    """The RSFM dock connected to the session backend (models loaded)."""
+    from qgis_rsfm.gui.dock import RsfmDock
+
+    d = RsfmDock(iface, iface.mainWindow(), auto_start=False)
+    task = d.start_backend()
+    assert wait_for(lambda: task not in d._background, 60), "start_backend task did not finish"
+    assert d.health is not None, d.health_label.text()
+    yield d
+    d.shutdown()
+    d.deleteLater()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _stop_backends_started_by_the_plugin():
     """A test that makes the plugin start its own backend must not leave it running."""

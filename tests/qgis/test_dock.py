@@ -10,19 +10,6 @@ pytest.importorskip("qgis.core")
 from conftest import wait_for  # noqa: E402
 
 
-@pytest.fixture
-def dock(qgis_app, iface, backend, project):
-    from qgis_rsfm.gui.dock import RsfmDock
-
-    d = RsfmDock(iface, iface.mainWindow(), auto_start=False)
-    task = d.start_backend()
-    assert wait_for(lambda: task not in d._background, 60), "start_backend task did not finish"
-    assert d.health is not None, d.health_label.text()
-    yield d
-    d.shutdown()
-    d.deleteLater()
-
-
 def _add_raster(project, path, name):
     from qgis.core import QgsRasterLayer
 
