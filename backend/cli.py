@@ -66,11 +66,12 @@ def read_or_create_token(token_file: str | None, env: dict[str, str] | None = No
 def _add_settings(p: argparse.ArgumentParser) -> None:
     for s in SETTINGS:
         flag = "--" + s.name.replace("_", "-")
+        text = s.help.replace("%", "%%")  # argparse %-formats help strings
         if s.repeatable:
-            p.add_argument(flag, dest=s.name, action="append", default=None, metavar="PATH", help=s.help)
+            p.add_argument(flag, dest=s.name, action="append", default=None, metavar="PATH", help=text)
         else:
-            p.add_argument(flag, dest=s.name, type=s.type, default=None,
-                           help=f"{s.help} (default: {s.default})")
+            p.add_argument(flag, dest=s.name, type=s.type, default=None, choices=s.choices,
+                           help=f"{text} (default: {s.default})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,7 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        app.jobs.shutdown()  # cancel running jobs so their temporary outputs are removed
+        app.jobs.shutdown(timeout=10.0)  # running jobs stop at their next tile and remove their outputs
+        from backend.outputs import abort_all_outputs
+
+        abort_all_outputs()  # a job stuck in a long forward pass: remove its temporary files anyway
         server.server_close()
     print(json.dumps({"event": "stopped", "pid": os.getpid()}), flush=True)
     return 0

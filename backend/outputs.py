@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,19 @@ def check_output_dir(path: Any) -> Path:
     return p
 
 
+_ACTIVE: set[OutputSet] = set()
+_ACTIVE_LOCK = threading.Lock()
+
+
+def abort_all_outputs() -> int:
+    """Delete the temporary files of every unfinished job (server shutdown); returns how many sets."""
+    with _ACTIVE_LOCK:
+        active = list(_ACTIVE)
+    for out in active:
+        out.abort()
+    return len(active)
+
+
 class OutputSet:
     """Temporary files for one job, renamed together on success and deleted otherwise."""
 
@@ -74,6 +88,8 @@ class OutputSet:
         self.base = safe_output_name(base_name)
         self.job_id = job_id
         self._files: list[tuple[Path, Path]] = []  # (temp, final)
+        with _ACTIVE_LOCK:
+            _ACTIVE.add(self)
 
     def reserve(self, suffix: str, ext: str) -> tuple[Path, Path]:
         """A temp path and the final path for ``<base><suffix>.<ext>`` (final names never overwrite)."""
@@ -92,12 +108,16 @@ class OutputSet:
         return next(f for t, f in self._files if t == tmp)
 
     def commit(self) -> None:
+        with _ACTIVE_LOCK:
+            _ACTIVE.discard(self)
         for tmp, final in self._files:
             if tmp.exists():
                 os.replace(tmp, final)
         self._files = [(f, f) for _, f in self._files]
 
     def abort(self) -> None:
+        with _ACTIVE_LOCK:
+            _ACTIVE.discard(self)
         for tmp, _ in self._files:
             for p in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm"), Path(f"{tmp}-journal"), Path(f"{tmp}.aux.xml")):
                 try:

@@ -19,6 +19,7 @@ class Setting:
     help: str
     type: type = str
     repeatable: bool = False  # list-valued (a CLI flag given several times / os.pathsep in the env)
+    choices: tuple[str, ...] | None = None
 
 
 def _default_threads() -> int:
@@ -33,7 +34,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("models_dir", [], "extra folder of model packages (repeatable; also RSFM_MODELS_PATH, "
             "os.pathsep-separated)", str, True),
     Setting("device", "auto", "torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:N"),
-    Setting("runtime", "torch", "default runtime: torch, onnx (packages with model.onnx) or auto"),
+    Setting("runtime", "torch", "default runtime: torch, onnx (packages with model.onnx) or auto (onnx where the "
+            "package has it)", choices=("torch", "onnx", "auto")),
     Setting("threads", _default_threads(), "intra-op threads for torch / onnxruntime", int),
     Setting("workers", 1, "jobs that run at the same time (each uses `threads` threads)", int),
     Setting("queue_size", 16, "jobs that may wait; more are refused with 503 queue_full", int),
@@ -95,6 +97,10 @@ class Settings:
                                          f"is not a valid {s.type.__name__}") from None
             if cli.get(s.name) not in (None, []):
                 val = list(val) + list(cli[s.name]) if s.repeatable else cli[s.name]
+            if s.choices and val not in s.choices:
+                raise ValueError(f"setting {s.name} must be one of {', '.join(s.choices)}, got {val!r}")
+            if s.type is int and not s.repeatable and s.name != "port" and val < 1:
+                raise ValueError(f"setting {s.name} must be >= 1, got {val}")
             values[s.name] = val
         # RSFM_MODELS_PATH is the documented name for extra model folders.
         extra = env.get("RSFM_MODELS_PATH")

@@ -40,6 +40,7 @@ from backend.outputs import (
     ClassRasterWriter,
     OutputSet,
     VectorWriter,
+    area_factor_m2,
     check_output_dir,
     linear_factor_m,
     polygonize_class_raster,
@@ -327,14 +328,15 @@ def _run_class_raster(rc: RunContext, keep: list[int] | None, raster_name: str, 
     qml_tmp, qml_final = rc.out.reserve("", "qml")
     write_text(qml_tmp, raster_qml(cfg.classes))
     px_area = abs(spec.plan.window_transform.a * spec.plan.window_transform.e)
-    from backend.outputs import area_factor_m2
     fac = area_factor_m2(spec.plan.crs_wkt, _center_lat(spec)) * px_area
     stats = {"classes": [{"class_id": i, "class_name": c.name, "pixels": int(writer.counts[i]),
                           "area_m2": float(writer.counts[i] * fac)} for i, c in enumerate(cfg.classes)]}
     outputs = [{"kind": "raster", "path": str(tif_final), "style": str(qml_final), "name": raster_name}]
     if spec.options.get("vectorize", True):
         rc.job.progress(0.96, "vectorising")
-        gpkg_tmp, gpkg_final = rc.out.reserve("", "gpkg")
+        # "<base>_polygons.gpkg" + "<base>_polygons.qml": QGIS auto-loads a .qml named like the data file,
+        # so the raster and the vector layer each get their own style when opened by hand
+        gpkg_tmp, gpkg_final = rc.out.reserve("_polygons", "gpkg")
         vw = VectorWriter(gpkg_tmp, layer, spec.plan.crs_wkt,
                           {"class_id": np.int32, "class_name": object, "area_m2": np.float64}, rc.provenance)
         polygonize_class_raster(tif_tmp, vw, cfg.classes, spec.plan.crs_wkt, rc.settings.max_vectorize_pixels,
@@ -366,8 +368,9 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def _finish_vector(rc: RunContext, vw: VectorWriter, tmp: Path, final: Path, layer: str, name: str,
+def _finish_vector(rc: RunContext, vw: VectorWriter, final: Path, layer: str, name: str,
                    outline_only: bool = False) -> dict[str, Any]:
+    """Close the GeoPackage, write its style, and describe it as a job output."""
     vw.close()
     qml_tmp, qml_final = rc.out.reserve("", "qml")
     write_text(qml_tmp, vector_qml(rc.spec.config.classes, outline_only=outline_only))
@@ -406,7 +409,7 @@ def run_scene_classification(rc: RunContext) -> dict[str, Any]:
             vw.add(cell, class_id=cid, class_name=cfg.classes[cid].name, score=float(p[cid]))
         done += len(tiles)
         rc.progress(done, total)
-    out = _finish_vector(rc, vw, gpkg_tmp, gpkg_final, "scenes", f"{spec.entry.id} scenes")
+    out = _finish_vector(rc, vw, gpkg_final, "scenes", f"{spec.entry.id} scenes")
     return {"outputs": [out], "stats": {"tiles": vw.count, "classes": [
         {"class_id": i, "class_name": c.name, "tiles": int(counts[i])} for i, c in enumerate(cfg.classes)]}}
 
@@ -551,7 +554,7 @@ def _run_detection(rc: RunContext, kind: str) -> dict[str, Any]:
             vals["area_m2"] = polys[i].area * to_m * to_m
         vw.add(geom, **vals)
         counts[labels[i]] += 1
-    out = _finish_vector(rc, vw, gpkg_tmp, gpkg_final, layer, f"{spec.entry.id} {layer.replace('_', ' ')}",
+    out = _finish_vector(rc, vw, gpkg_final, layer, f"{spec.entry.id} {layer.replace('_', ' ')}",
                          outline_only=kind != "instance_segmentation")
     return {"outputs": [out], "stats": {"detections": len(keep), "before_nms": len(polys), "classes": [
         {"class_id": i, "class_name": c.name, "count": int(counts[i])} for i, c in enumerate(cfg.classes)]}}

@@ -39,6 +39,32 @@ def tile_batch(batch: int, tile: int, mean: list[float], std: list[float]) -> np
     return (x - np.asarray(mean, np.float32)[None, :, None, None]) / np.asarray(std, np.float32)[None, :, None, None]
 
 
+def channels_last_runtime(entry, threads: int):
+    """A patched copy of ``backend.runtimes.TorchRuntime``: weights and inputs in channels-last layout.
+
+    Same model and numbers (up to float rounding); measures whether the NHWC kernels of oneDNN help the
+    depthwise-heavy backbone on this CPU. Not used by the backend; reported as a suggested change.
+    """
+    import torch
+
+    from backend.runtimes import TorchRuntime, _to_numpy
+
+    class ChannelsLast(TorchRuntime):
+        name = "torch-channels-last"
+
+        def __init__(self) -> None:
+            super().__init__(entry, device="cpu", threads=threads)
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+        def __call__(self, *inputs: np.ndarray):
+            ts = [torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).contiguous(
+                memory_format=torch.channels_last) for x in inputs]
+            with self._lock, torch.inference_mode():
+                return _to_numpy(self.model(*ts))
+
+    return ChannelsLast()
+
+
 def compare(models_dir: Path, threads: int, rounds: int, batch: int, tile: int) -> dict:
     """Time torch and onnx runtimes alternately on one batch; return medians, ratio and parity."""
     from backend.models import ModelRegistry
@@ -48,10 +74,11 @@ def compare(models_dir: Path, threads: int, rounds: int, batch: int, tile: int) 
              if e.config.task == "semantic_segmentation"][0]
     x = tile_batch(batch, tile, entry.config.mean, entry.config.std)
     rts = {name: RUNTIMES[name](entry, device="cpu", threads=threads) for name in ("torch", "onnx")}
+    rts["torch_cl"] = channels_last_runtime(entry, threads)
     outs = {name: np.asarray(rt(x)) for name, rt in rts.items()}  # warm-up + parity
-    times: dict[str, list[float]] = {"torch": [], "onnx": []}
+    times: dict[str, list[float]] = {name: [] for name in rts}
     for i in range(rounds):
-        order = ("torch", "onnx") if i % 2 == 0 else ("onnx", "torch")
+        order = tuple(rts) if i % 2 == 0 else tuple(reversed(rts))
         for name in order:
             t0 = time.perf_counter()
             rts[name](x)
@@ -61,6 +88,8 @@ def compare(models_dir: Path, threads: int, rounds: int, batch: int, tile: int) 
     agree = float((outs["torch"].argmax(1) == outs["onnx"].argmax(1)).mean())
     px = batch * tile * tile
     return {"threads": threads, "torch_s": med["torch"], "onnx_s": med["onnx"], "ratio": med["torch"] / med["onnx"],
+            "torch_cl_s": med["torch_cl"], "cl_speedup": med["torch"] / med["torch_cl"],
+            "cl_max_abs_diff": float(np.abs(outs["torch"] - outs["torch_cl"]).max()),
             "torch_mpx_s": px / med["torch"] / 1e6, "onnx_mpx_s": px / med["onnx"] / 1e6,
             "max_abs_diff": diff, "argmax_agree": agree, "load1": machine()["load1"], "model": entry.id}
 
@@ -84,16 +113,21 @@ def main(argv: list[str] | None = None) -> int:
             print(r, flush=True)
             rows.append([t, r["torch_s"] * 1e3, r["onnx_s"] * 1e3, r["torch_mpx_s"], r["onnx_mpx_s"],
                          f"**{r['ratio']:.2f}x**", f"{r['max_abs_diff']:.1e}", f"{100 * r['argmax_agree']:.2f} %",
-                         r["load1"]])
+                         r["torch_cl_s"] * 1e3, f"{r['cl_speedup']:.2f}x", r["load1"]])
     table = md_table(["threads", "torch eager (ms/batch)", "onnxruntime (ms/batch)", "torch Mpx/s", "onnx Mpx/s",
-                      "onnx speed-up", "max abs logit diff", "argmax agreement", "load avg"], rows)
-    best = max(r["ratio"] for r in results)
-    verdict = "met" if best >= 1.5 else "NOT met"
+                      "onnx speed-up", "max abs logit diff", "argmax agreement",
+                      "torch channels-last (ms/batch)", "channels-last speed-up", "load avg"], rows)
+    worst = min(r["ratio"] for r in results)  # the verdict must hold at every thread count measured
+    verdict = "met" if worst >= 1.5 else "NOT met"
     body = (f"Model: {desc}. Batch {args.batch} x 3 x {args.tile} x {args.tile} real Dubai tiles, "
             f"{args.rounds} alternating calls per runtime, medians.\n\n{table}\n\n"
-            f"Target onnxruntime >= 1.5x torch eager: **{verdict}** (best ratio {best:.2f}x).\n")
+            f"Target onnxruntime >= 1.5x torch eager: **{verdict}** (lowest ratio over the thread counts: {worst:.2f}x).\n\n"
+            "`torch channels-last` is a patched copy of the backend's TorchRuntime (weights and inputs in NHWC "
+            "layout, `benchmarks/bench_runtimes.py:channels_last_runtime`), timed in the same alternation; "
+            "its speed-up is over the backend's torch eager.\n")
     print(write_section(args.out, "onnxruntime vs torch eager (CPU)", command_line("bench_runtimes.py", sys.argv[1:]
-                                                                                   if argv is None else argv), body))
+                                                                                   if argv is None else argv), body,
+                        data={"results": results, "worst_ratio": worst, "target": 1.5, "met": worst >= 1.5}))
     return 0
 
 

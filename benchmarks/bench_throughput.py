@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     peak0 = matmul_peak_flops(args.threads)
     rows, notes = [], []
     seg_rows = []
+    data: dict = {"tasks": []}
     for task in args.tasks:
         try:
             models_dir, desc = default_package(task, work, tile_size_px=256, tile_overlap_px=32, batch_size=4)
@@ -116,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             print({k: v for k, v in r.items() if k not in ("entry", "model")}, flush=True)
             rows.append([task, rt, desc, f"{args.side} x {args.side}", f"{r['wall_s']:.1f}", f"**{r['mpx_s']:.3f}**",
                          machine()["load1"]])
+            data["tasks"].append({k: v for k, v in r.items() if k not in ("entry", "model")})
             if task == "semantic_segmentation":
                 seg_rows.append(r)
     peak1 = matmul_peak_flops(args.threads)
@@ -140,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
                           f"{achieved / 1e9:.2f}", f"{model_flops / 1e9:.2f}", f"{peak / 1e9:.1f}",
                           f"**{100 * achieved / peak:.1f} %**", f"{100 * model_flops / peak:.1f} %"])
         best = max(float(u[6].strip("*% ")) for u in urows)
+        data.update(matmul_flops=peak, flops_per_tile=flops_tile, best_utilisation_pct=best, target_pct=50,
+                    met=best >= 50, utilisation=[{"runtime": u[0], "job_pct": float(u[6].strip("*% ")),
+                                                  "model_only_pct": float(u[7].strip("% "))} for u in urows])
         body += ["\n### Segmentation vs the machine's matmul limit\n",
                  f"Matmul limit: float32 `torch.mm` 1024 x 1024, {args.threads} thread(s), best-of runs, measured "
                  f"before ({peak0 / 1e9:.1f} GFLOP/s) and after ({peak1 / 1e9:.1f} GFLOP/s) the tasks.\n",
@@ -150,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                  f"(best {best:.1f} %). `model-only` times one batch through the runtime with no I/O or blending, "
                  "so the gap between the two columns is the engine's share."]
     text = write_section(args.out, "Throughput per task on a real-tile mosaic",
-                         command_line("bench_throughput.py", sys.argv[1:] if argv is None else argv), "\n".join(body))
+                         command_line("bench_throughput.py", sys.argv[1:] if argv is None else argv), "\n".join(body), data=data)
     print(text)
     return 0
 

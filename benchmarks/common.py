@@ -113,10 +113,16 @@ def real_tiles(size: int = 512, limit: int = 64) -> list[np.ndarray]:
     files = sorted((DATA / "dubai_seg").glob("*/images/*.jpg"))
     if not files:
         raise FileNotFoundError(f"no Dubai images under {DATA / 'dubai_seg'}; set RSFM_DATA to the data folder")
+    import warnings
+
+    from rasterio.errors import NotGeoreferencedWarning
+
     tiles = []
     for f in files:
-        with rasterio.open(f) as src:
-            a = src.read([1, 2, 3])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)  # plain JPEGs: pixels are all we need
+            with rasterio.open(f) as src:
+                a = src.read([1, 2, 3])
         _, h, w = a.shape
         for r in range(0, h - size + 1, size):
             for c in range(0, w - size + 1, size):
@@ -248,17 +254,26 @@ def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path | None, title: str, command: str, body: str) -> str:
-    """Format a report section (title, machine line, exact command, body) and write it to ``path``."""
+def write_section(path: Path | None, title: str, command: str, body: str, data: dict | None = None) -> str:
+    """Format a report section (title, machine line, exact command, body) and write it to ``path``.
+
+    ``data`` (plain numbers) also goes to ``path`` with the suffix ``.json``, for ``run_all`` to summarise.
+    """
     text = f"## {title}\n\nMachine: {machine_line()}.\n\nCommand: `{command}`\n\n{body.strip()}\n"
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
+        if data is not None:
+            payload = {"machine": machine(), "command": command, **data}
+            path.with_suffix(".json").write_text(json.dumps(payload, indent=1, default=str) + "\n", encoding="utf-8")
     return text
 
 
 def command_line(script: str, argv: Sequence[str]) -> str:
-    """The command that reproduces this run, for the report (drops ``--out`` and its value)."""
+    """The command that reproduces this run, for the report (drops ``--out`` and its value).
+
+    ``OMP_NUM_THREADS`` is part of the command when set: it changes the figures.
+    """
     args, skip = [], False
     for a in argv:
         if skip:
@@ -270,4 +285,5 @@ def command_line(script: str, argv: Sequence[str]) -> str:
         if a.startswith("--out="):
             continue
         args.append(a)
-    return " ".join([".venv/bin/python", f"benchmarks/{script}", *args])
+    env = [f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS",) if k in os.environ]
+    return " ".join([*env, ".venv/bin/python", f"benchmarks/{script}", *args])

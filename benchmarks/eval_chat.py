@@ -51,7 +51,7 @@ def parse_count(text: str, cls: str) -> int | None:
     """The count an answer states for ``cls`` (None when it states none)."""
     t = re.sub(r"\[?\b[FO]\d+\]?", " ", text.lower().replace("_", " "))
     head = cls.replace("_", " ").split(" ")[0][:4]
-    for m in re.finditer(r"(\d+|" + "|".join(WORDS) + r")\s+(?:[a-z]+\s+){0,2}?([a-z]+)", t):
+    for m in re.finditer(r"\b(\d+|" + "|".join(WORDS) + r")\s+(?:[a-z]+\s+){0,2}?([a-z]+)", t):
         if m.group(2).startswith(head) or head in m.group(2):
             v = m.group(1)
             return int(v) if v.isdigit() else WORDS[v]

@@ -48,6 +48,12 @@ def launch(out_dir: Path) -> int:
                RSFM_SHOTS_OUT=str(out_dir.resolve()), RSFM_SHOTS_MODELS=models_dir,
                RSFM_SHOTS_WORK=str(work), RSFM_SHOTS_REPO=str(REPO), QGIS_PLUGINPATH="")
     env.pop("QT_QPA_PLATFORM", None)
+    # QGIS's embedded Python finds its standard library through PATH: a pyenv/conda python3 first on PATH
+    # would make it load the wrong stdlib ("Couldn't load SIP module").
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
+                                  if ".pyenv" not in p and "conda" not in p) or "/usr/bin:/bin"
+    env.pop("PYTHONHOME", None)
+    env.pop("PYTHONPATH", None)
     qgis = shutil.which("qgis.bin") or shutil.which("qgis") or "qgis"
     cmd = ["xvfb-run", "-a", "-s", f"-screen 0 {SCREEN}", qgis, "--nologo", "--noversioncheck",
            "--profiles-path", str(work / "profiles"), "--code", str(REPO / "scripts" / "screenshots.py")]

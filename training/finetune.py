@@ -145,7 +145,12 @@ def build_dataset(args: argparse.Namespace, split: str, transforms) -> Dataset:
     if kind == "levir_cd":
         return LevirCD(root, split, transforms)
     if kind == "oscd":
-        return OSCDPairs(root, split, transforms)
+        val = _groups(args.val_groups) or []
+        if split == "val":
+            if not val:
+                raise ValueError("OSCD has no official validation cities; pass --val-groups CITY[,CITY]")
+            return OSCDPairs(root, split, transforms, cities=val)
+        return OSCDPairs(root, split, transforms, exclude=val)
     raise ValueError(f"--dataset {kind} is not a change-detection dataset; use levir_cd or oscd")
 
 

@@ -250,9 +250,12 @@ def template_answer(question: str, sheet: FactSheet, intent: str,
                 head = f"{name}: " if len(targets) > 1 else ""
                 more = (f" ({cnt.data['count'] - len(objs)} more are not listed{_cite(cnt)})"
                         if cnt and cnt.data["count"] > len(objs) else "")
+                georef = bool(sheet.info and sheet.info.crs)
                 lines.append(head + "; ".join(
                     f"{f.data['object_id']} in the {f.data['quadrant']} quarter, pixel box "
-                    f"{f.data['pixel_box_xyxy']}{_cite(f)}" for f in objs[:5]) + more + ".")
+                    f"{f.data['pixel_box_xyxy']}"
+                    + (f", centre x={f.data['centre'][0]:.1f}, y={f.data['centre'][1]:.1f}" if georef else "")
+                    + _cite(f) for f in objs[:5]) + more + ".")
             elif f := _landcover_fact(sheet, key):
                 lines.append(f"{name} is mostly in the {f.data['quadrant']} quarter{_cite(f)}." if f.data["quadrant"]
                              else f"{name} is spread over all four quarters{_cite(f)}.")
@@ -385,7 +388,8 @@ def answer_question(question: str, sheet: FactSheet, *, backend: ChatBackend | N
     timings["generate"] = time.perf_counter() - tg
     if first:
         timings["first_token"] = first[0]
-    v = verify(raw, sheet, question=question)
+    # free-form text must cite a fact in every sentence; a rewording is held to the template's citations
+    v = verify(raw, sheet, question=question, require_citation=used == "free")
     # phrase mode must keep the template's facts: a rewording that lost a citation is not accepted
     lost = used == "phrase" and not set(tmpl_check.cited) <= set(v.cited)
     if not v.text.strip() or lost:

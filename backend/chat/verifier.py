@@ -163,7 +163,8 @@ def _count_claims(sentence: str, sheet: FactSheet, vocab: dict[str, str]) -> lis
     return out
 
 
-def verify(answer: str, sheet: FactSheet, *, question: str = "", mode: str = "remove") -> Verification:
+def verify(answer: str, sheet: FactSheet, *, question: str = "", mode: str = "remove",
+           require_citation: bool = False) -> Verification:
     """Check ``answer`` against ``sheet``; see the module docstring.
 
     Args:
@@ -171,6 +172,9 @@ def verify(answer: str, sheet: FactSheet, *, question: str = "", mode: str = "re
         sheet: the fact sheet the answer must be grounded in.
         question: the user's question; numbers it contains may be echoed.
         mode: ``"remove"`` drops unsupported sentences, ``"flag"`` keeps them with a note.
+        require_citation: also treat a sentence that cites no fact ID as unsupported (used for free-form
+            LM text: "The ships are a testament to the human spirit" has no number or wrong class, but is
+            not grounded either).
 
     Raises:
         ValueError: unknown ``mode``.
@@ -202,6 +206,8 @@ def verify(answer: str, sheet: FactSheet, *, question: str = "", mode: str = "re
             else:
                 where = f" cited ({', '.join(f.id for f in cited_here)})" if cited_here else ""
                 reasons.append(f"the number {v:g} is not in the{where} facts")
+        if require_citation and not cited_here:
+            reasons.append("cites no fact")
         wrong_counts = _count_claims(sent, sheet, vocab)
         # a number stated as the count of a class must be that class's count, not just any fact's number
         res.numbers_supported -= min(len(wrong_counts), res.numbers_supported)

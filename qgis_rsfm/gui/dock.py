@@ -180,6 +180,9 @@ class RsfmDock(QgsDockWidget):
         self.models = list(models)
         for page in self.pages.values():
             page.set_models(self.models)
+        for d in self._dialogs:
+            if hasattr(d, "set_models") and d.isVisible():  # an open model browser shows the new list too
+                d.set_models(self.models)
 
     def poll_health(self) -> None:
         """Periodic check on a plain thread: a busy backend must never freeze the map window."""
@@ -220,8 +223,10 @@ class RsfmDock(QgsDockWidget):
     def open_model_browser(self):
         from .model_browser import ModelBrowserDialog
 
-        dlg = ModelBrowserDialog(self.models, self.iface, parent=self.iface.mainWindow() if self.iface else None)
+        dlg = ModelBrowserDialog(self.models, self.iface, parent=self.iface.mainWindow() if self.iface else None,
+                                 client_factory=self.client)
         dlg.refresh_requested.connect(self.start_backend)
+        dlg.model_installed.connect(lambda _model_id: self.start_backend())  # new model -> every picker
         self._keep(dlg)
         dlg.show()
         return dlg

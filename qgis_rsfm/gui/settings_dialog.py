@@ -110,6 +110,10 @@ class SettingsDialog(QDialog):
         self.hf_token.setText(s.hf_token)
         self.hf_token.setToolTip(tr("Only needed for gated or private model repositories"))
         mf.addRow(tr("Hugging Face token"), self.hf_token)
+        self.token_note = QLabel(tr(s.token_storage_note))
+        self.token_note.setWordWrap(True)
+        self.token_note.setStyleSheet("color:#555")
+        mf.addRow("", self.token_note)
         lay.addWidget(models)
 
         out = QGroupBox(tr("Results and backend"))
@@ -163,6 +167,7 @@ class SettingsDialog(QDialog):
         changed = new != self.settings
         new.save()
         self.settings = new
+        self.token_note.setText(tr(new.token_storage_note))
         if changed:
             service.launcher().stop()  # the next use starts it with the new settings
         self.settings_saved.emit()

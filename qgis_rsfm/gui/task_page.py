@@ -15,7 +15,7 @@ from qgis.core import (
     QgsRasterLayer,
 )
 from qgis.gui import QgsCollapsibleGroupBox, QgsFileWidget, QgsMapLayerComboBox
-from qgis.PyQt.QtCore import QCoreApplication, Qt, pyqtSignal
+from qgis.PyQt.QtCore import QCoreApplication, Qt, pyqtSignal, pyqtSlot
 from qgis.PyQt.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -142,7 +142,12 @@ class TaskPage(QWidget):
             form.addRow(tr("After image"), self.after_box)
             self.after_box.layerChanged.connect(self.refresh_models)
         self.area_box = QComboBox()
-        self.area_box.addItems([tr("Whole layer"), tr("Visible map extent"), tr("Selected polygons")])
+        self.area_box.addItems([tr("Whole layer"), tr("Visible map extent"),
+                                tr("Selected polygons (their bounding box)")])
+        # The backend API takes a bbox only (no mask/geometry option), so pixels between the selected
+        # polygons inside their bounding box are processed too; the label says so instead of promising shapes.
+        self.area_box.setToolTip(tr("Selected polygons: the bounding box around the selected features is "
+                                    "processed (not only the inside of the shapes)."))
         form.addRow(tr("Area"), self.area_box)
         self.mask_box = QgsMapLayerComboBox()
         self.mask_box.setFilters(QgsMapLayerProxyModel.Filter.PolygonLayer)
@@ -378,13 +383,17 @@ class TaskPage(QWidget):
             return None
         self.task = RsfmJobTask(f"RSFM: {tr(self.tdef.label)} on {spec.source_name}", spec,
                                 self.client_factory, on_finished=self._finished)
-        self.task.progressChanged.connect(lambda p: self.progress.setValue(int(p)))
+        self.task.progressChanged.connect(self._task_progress)  # queued: emitted on the worker thread
         self.progress.setValue(0)
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self._set_status(tr("Running… (you can keep working; see also the task manager)"))
         QgsApplication.taskManager().addTask(self.task)
         return self.task
+
+    @pyqtSlot(float)
+    def _task_progress(self, percent: float) -> None:
+        self.progress.setValue(int(percent))
 
     def cancel_job(self) -> None:
         if self.task is not None:

@@ -110,3 +110,57 @@ def test_settings_command_lists_every_setting():
 
     assert names == {s.name for s in SETTINGS}
     assert all(s.help for s in SETTINGS)
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_job_leaves_no_files(tmp_path, fx):
+    from make_fixtures import write_fixture_raster
+
+    raster = write_fixture_raster(tmp_path / "big.tif", width=768, height=768)
+    out = tmp_path / "out"
+    token = "s" * 40
+    proc = _start(["--models-dir", str(fx["models"])], _env(RSFM_TOKEN=token))
+    try:
+        url = json.loads(proc.stdout.readline())["url"]
+        body = json.dumps({"task": "semantic_segmentation", "model": fx["seg_id"], "inputs": {"raster": str(raster)},
+                           "output_dir": str(out), "options": {"batch_size": 1}}).encode()
+        req = urllib.request.Request(url + "/api/v1/jobs", data=body, method="POST",
+                                     headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            job = json.loads(r.read())
+        import time
+
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            status, job = _get(f"{url}/api/v1/jobs/{job['id']}", token)
+            if job["state"] == "running" and job["progress"] > 0.02:
+                break
+            assert job["state"] in ("queued", "running"), job
+            time.sleep(0.05)
+        assert job["state"] == "running" and job["progress"] < 0.9, job
+        assert any(out.iterdir())  # the temporary GeoTIFF exists while the job runs
+        proc.terminate()
+        stdout, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0
+    assert list(out.iterdir()) == []  # cancelled at the next tile; its temporary outputs were removed
+
+
+def test_serve_help_lists_every_setting():
+    from backend.settings import SETTINGS
+
+    out = subprocess.run([sys.executable, "-m", "backend", "serve", "--help"], capture_output=True, text=True,
+                         check=True, env=_env()).stdout
+    for s in SETTINGS:
+        assert "--" + s.name.replace("_", "-") in out
+    assert "--token-file" in out and "--token " not in out  # the token itself is never a flag
+
+
+def test_settings_are_validated():
+    with pytest.raises(ValueError, match="runtime"):
+        Settings.resolve({"runtime": "tensorflow"}, env={})
+    with pytest.raises(ValueError, match="workers"):
+        Settings.resolve({}, env={"RSFM_WORKERS": "0"})

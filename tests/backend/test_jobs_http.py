@@ -34,7 +34,9 @@ def test_segmentation_end_to_end(api, fx, tmp_path):
     assert job["error"] is None and job["progress"] == 1.0
     outputs = {o["kind"]: o for o in job["result"]["outputs"]}
     tif, gpkg = outputs["raster"]["path"], outputs["vector"]["path"]
-    assert tif == str(out / "landcover.tif") and gpkg == str(out / "landcover.gpkg")
+    assert tif == str(out / "landcover.tif") and gpkg == str(out / "landcover_polygons.gpkg")
+    assert outputs["raster"]["style"] == str(out / "landcover.qml")
+    assert outputs["vector"]["style"] == str(out / "landcover_polygons.qml")
     # nothing else than the declared outputs (no temp files)
     declared = {tif, gpkg, outputs["raster"]["style"], outputs["vector"]["style"]}
     assert {str(p) for p in out.iterdir()} == declared

@@ -56,7 +56,8 @@ def test_presence_yes_no_and_cannot_tell(sheet):
 
 def test_where_gives_objects_with_boxes(sheet):
     a = answer_question("Where are the vehicles?", sheet)
-    assert "O3" in a.text and "O5" in a.text and "north-east" in a.text
+    assert "O3" in a.text and "O5" in a.text and "north-east" in a.text and a.verification["ok"]
+    assert "x=500324.0, y=2799976.0" in a.text  # O3's map centre, copied from its fact
     assert {o["id"] for o in a.objects} == {"O3", "O5"}
 
 
@@ -107,10 +108,12 @@ class EchoLM:
 
 def test_lm_answer_is_verified_and_falls_back(sheet):
     ship = sheet.for_class("ship", "count")[0].id
-    lm = EchoLM(f"I see 3 ships [{ship}]. There is also a big stadium.")
+    lm = EchoLM(f"I see 3 ships [{ship}]. There is also a big stadium. The ships are a testament to the "
+                "human spirit.")
     a = answer_question("Describe this scene.", sheet, backend=lm, mode="auto")
     assert a.mode == "free" and a.text == f"I see 3 ships [{ship}]."
     assert "stadium" in a.verification["hallucinated_classes"]
+    assert any(p["reason"] == "cites no fact" for p in a.verification["problems"])  # ungrounded prose
     assert "[F1]" in lm.messages[0]["content"]  # the fact sheet is in the prompt
     # phrase mode: a rewording that drops the cited fact is refused in favour of the template
     bad = answer_question("How many ships are there?", sheet, backend=EchoLM("There are some ships."),

@@ -81,3 +81,10 @@ def test_number_helpers():
     assert number_supported(12.0, 0, [12.3]) and not number_supported(12.0, 0, [12.6])
     assert number_supported(0.04, 2, [0.04]) and not number_supported(0.05, 2, [0.04])
     assert split_sentences("A is 0.5 km². B [F2].\nC") == ["A is 0.5 km².", "B [F2].", "C"]
+
+
+def test_require_citation(sheet):
+    ship = fid(sheet, "ship", "count")
+    v = verify(f"There are 3 ships [{ship}]. They look lovely.", sheet, require_citation=True)
+    assert v.text == f"There are 3 ships [{ship}]." and v.problems[0][1] == "cites no fact"
+    assert verify("They look lovely.", sheet).ok  # off by default

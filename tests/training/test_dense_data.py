@@ -135,7 +135,8 @@ def test_levir_missing_counterpart(tmp_path):
 
 def test_oscd_official_city_split_and_rgba_label(data):
     train, test = OSCDPairs(data["oscd"], "train"), OSCDPairs(data["oscd"], "test")
-    assert train.cities == ["beirut"] and test.cities == ["dubai"]
+    assert train.cities == ["beirut", "cupertino"] and test.cities == ["dubai"]
+    assert OSCDPairs(data["oscd"], "train", exclude=["cupertino"]).cities == ["beirut"]
     s = train[0]
     assert s["mask"].shape == (40, 44) and set(s["mask"].unique().tolist()) == {0, 1}
     with pytest.raises(ValueError, match="cities"):

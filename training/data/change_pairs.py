@@ -103,8 +103,10 @@ class OSCDPairs(Dataset):
 
     Args:
         root: folder with one sub-folder per city.
-        split: ``train``/``test`` (official lists, restricted to the cities present), or ``all``.
+        split: ``train``/``test`` (official lists, restricted to the cities present), or ``all``; OSCD has
+            no official ``val``: pass its cities with ``cities=`` (and ``exclude=`` them from ``train``).
         cities: explicit city list (overrides ``split``).
+        exclude: cities to leave out (e.g. the validation cities from the training split).
 
     Raises:
         DatasetNotFoundError: a chosen city lacks a file.
@@ -114,7 +116,7 @@ class OSCDPairs(Dataset):
     splits = ("train", "val", "test", "all")
 
     def __init__(self, root: str | Path, split: str = "train", transforms: Callable | None = None,
-                 cities: Sequence[str] | None = None):
+                 cities: Sequence[str] | None = None, exclude: Sequence[str] = ()):
         self.root = Path(root)
         self.split = check_split(split, self.splits)
         self.transforms = transforms
@@ -127,9 +129,10 @@ class OSCDPairs(Dataset):
             chosen = present
         else:
             chosen = [c for c in OSCD_SPLITS.get(split, ()) if c in present]
+        chosen = [c for c in chosen if c not in set(exclude)]
         if not chosen:
             raise ValueError(f"no OSCD city of split {split!r} under {self.root} (present: {present}); "
-                             "pass cities=[...] or split='all'")
+                             "pass cities=[...] (finetune: --val-groups CITY for validation) or split='all'")
         self.items = []
         for c in chosen:
             d = self.root / c

@@ -96,10 +96,10 @@ def write_levir(root: str | Path, size: int = 32, seed: int = 0) -> Path:
 
 
 def write_oscd(root: str | Path, size: int = 40, seed: int = 0) -> Path:
-    """``root/<city>/img1.png, img2.png, cm.png`` (RGBA, white = change) for one train and one test city."""
+    """``root/<city>/img1.png, img2.png, cm.png`` (RGBA, white = change): two official train cities, one test."""
     root = Path(root)
     rng = np.random.default_rng(seed)
-    for city in ("beirut", "dubai"):
+    for city in ("beirut", "cupertino", "dubai"):
         d = root / city
         d.mkdir(parents=True, exist_ok=True)
         a, b, m = _change_pair(rng, size, size + 4)
