@@ -21,7 +21,7 @@ whole raster); ``RasterPlan.window_transform`` maps them to the raster's CRS.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -249,18 +249,30 @@ def predict_block(source_x: np.ndarray, source_xa: np.ndarray | None, model: Mod
 BlockSink = Callable[[Window, np.ndarray, np.ndarray], None]  # (core window, scores KxHxW, valid HxW)
 
 
+def dense_blocks(source: RasterSource, params: EngineParams) -> list[Block]:
+    """The output blocks :func:`run_dense` walks, in its order (indices are stable for a given plan and
+    parameters, which is what lets a resumed job skip the blocks its journal lists)."""
+    win = source.plan.window
+    return iter_blocks(int(win.height), int(win.width), params.block_size_px, params.tile_overlap_px)
+
+
 def run_dense(source: RasterSource, model: ModelFn, params: EngineParams, sink: BlockSink,
-              progress: ProgressFn) -> None:
+              progress: ProgressFn, skip: Collection[int] = ()) -> None:
     """Run a dense model over the whole processing window, block by block, calling ``sink`` per block.
 
     ``sink`` receives the block's core window and its blended scores (``K x h x w``) and validity mask; it
-    runs on a writer thread, one block behind, so it must not touch the model.
+    runs on a writer thread, one block behind, so it must not touch the model. Blocks whose index (in
+    :func:`dense_blocks` order) is in ``skip`` are neither read nor run (a resumed job already has them);
+    their tiles count as done for progress.
     """
-    win = source.plan.window
-    height, width = int(win.height), int(win.width)
-    blocks = iter_blocks(height, width, params.block_size_px, params.tile_overlap_px)
-    total = count_tiles(blocks, params)
-    done = 0
+    all_blocks = dense_blocks(source, params)
+    total = count_tiles(all_blocks, params)
+    skip_set = set(skip)
+    blocks = [b for i, b in enumerate(all_blocks) if i not in skip_set]
+    done = count_tiles([b for i, b in enumerate(all_blocks) if i in skip_set], params)
+    if not blocks:
+        progress(done, total)
+        return
     weights = blend_weights(params.tile_size_px, params.tile_overlap_px)
 
     def tick(n: int) -> None:

@@ -88,11 +88,16 @@ class OutputSet:
         self.base = safe_output_name(base_name)
         self.job_id = job_id
         self._files: list[tuple[Path, Path]] = []  # (temp, final)
+        self._journals: list[BlockJournal] = []
         with _ACTIVE_LOCK:
             _ACTIVE.add(self)
 
     def reserve(self, suffix: str, ext: str) -> tuple[Path, Path]:
-        """A temp path and the final path for ``<base><suffix>.<ext>`` (final names never overwrite)."""
+        """A temp path and the final path for ``<base><suffix>.<ext>`` (final names never overwrite).
+
+        A temp file left by an earlier, killed run of the same job is deleted first (temp names carry the
+        job id, so it can only be this job's own).
+        """
         stem = f"{self.base}{suffix}"
         final = self.dir / f"{stem}.{ext}"
         n = 2
@@ -101,8 +106,15 @@ class OutputSet:
             final = self.dir / f"{stem}_{n}.{ext}"
             n += 1
         tmp = self.dir / f".{stem}.{self.job_id[:12]}.tmp.{ext}"
+        _unlink_with_sidecars(tmp)
         self._files.append((tmp, final))
         return tmp, final
+
+    def journal(self, suffix: str, fingerprint: dict[str, Any]) -> BlockJournal:
+        """The block journal of output ``<base><suffix>`` (kept across a crash; removed on commit/abort)."""
+        j = BlockJournal(self.dir / f".{self.base}{suffix}.{self.job_id[:12]}.tmp.journal", fingerprint)
+        self._journals.append(j)
+        return j
 
     def final_of(self, tmp: Path) -> Path:
         return next(f for t, f in self._files if t == tmp)
@@ -114,16 +126,89 @@ class OutputSet:
             if tmp.exists():
                 os.replace(tmp, final)
         self._files = [(f, f) for _, f in self._files]
+        for j in self._journals:
+            j.remove()
 
     def abort(self) -> None:
         with _ACTIVE_LOCK:
             _ACTIVE.discard(self)
         for tmp, _ in self._files:
-            for p in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm"), Path(f"{tmp}-journal"), Path(f"{tmp}.aux.xml")):
-                try:
-                    p.unlink()
-                except FileNotFoundError:
-                    pass
+            _unlink_with_sidecars(tmp)
+        for j in self._journals:
+            j.remove()
+
+
+def _unlink_with_sidecars(tmp: Path) -> None:
+    for p in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm"), Path(f"{tmp}-journal"), Path(f"{tmp}.aux.xml")):
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file + fsync + rename: readers see the old or the new
+    content, never a torn one (a SIGKILL or a full disk leaves at most a ``*.part`` file)."""
+    part = path.with_name(path.name + ".part")
+    try:
+        with open(part, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(part, path)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+
+
+class BlockJournal:
+    """Finished output blocks of one dense job, so that a job whose backend was killed can resume.
+
+    A hidden folder next to the temp output holds ``journal.json`` (a fingerprint of the raster, model and
+    tiling: a journal from another configuration is discarded) and one ``b<index>.npz`` per finished block
+    (the block's ``h x w`` uint8 class map, deflate-compressed), each written atomically. A block file
+    exists only once its block is complete, so the set of files *is* the journal.
+    """
+
+    def __init__(self, path: Path, fingerprint: dict[str, Any]) -> None:
+        self.path = Path(path)
+        self.fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
+        meta = self.path / "journal.json"
+        try:
+            old = json.loads(meta.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            old = None
+        if old != self.fingerprint:
+            self.remove()
+            self.path.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(meta, json.dumps(self.fingerprint, sort_keys=True).encode("utf-8"))
+
+    def done(self) -> list[int]:
+        """Indices of the finished blocks, ascending."""
+        out = []
+        for p in self.path.glob("b*.npz"):
+            try:
+                out.append(int(p.stem[1:]))
+            except ValueError:
+                continue
+        return sorted(out)
+
+    def record(self, index: int, classes: np.ndarray) -> None:
+        """Store block ``index``'s class map (``h x w`` uint8) atomically."""
+        import io
+
+        buf = io.BytesIO()
+        np.savez_compressed(buf, classes=np.ascontiguousarray(classes, dtype=np.uint8))
+        atomic_write_bytes(self.path / f"b{index}.npz", buf.getvalue())
+
+    def load(self, index: int) -> np.ndarray:
+        with np.load(self.path / f"b{index}.npz", allow_pickle=False) as z:
+            return z["classes"]
+
+    def remove(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.path, ignore_errors=True)
 
 
 def _rgb(color: str) -> tuple[int, int, int]:

@@ -31,7 +31,7 @@ JOB_REQUEST = {"type": "object", "required": ["task", "model", "inputs", "output
         "bbox": {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4},
         "vectorize": {"type": "boolean"}, "allow_gsd_mismatch": {"type": "boolean"},
         "output_name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"},
-        "runtime": {"type": "string", "enum": ["torch", "onnx"]}}}}}
+        "runtime": {"type": "string", "enum": ["auto", "torch", "onnx"]}}}}}
 
 
 @route("GET", "/api/v1/health", "Liveness, versions, device, runtimes and job counts",
