@@ -138,3 +138,10 @@ class JobCancelled(RsfmError):  # noqa: N818 - a control-flow signal, not a fail
 
     code = "cancelled"
     http_status = 409
+
+
+class OutputWriteError(RsfmError, OSError):
+    """Writing the outputs failed (disk full, file size limit, I/O error); nothing was left half-written (507)."""
+
+    code = "output_write_failed"
+    http_status = 507

@@ -46,6 +46,7 @@ class Job:
     warnings: list[str] = field(default_factory=list)
     error: dict | None = None
     result: dict | None = None
+    on_final: Callable[[Job], None] | None = None  # runs once, just before the job enters a final state
     cancel_event: threading.Event = field(default_factory=threading.Event)
     done_event: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -56,6 +57,17 @@ class Job:
                     "progress": round(self.progress, 4), "message": self.message, "created": self.created,
                     "updated": self.updated, "warnings": list(self.warnings), "error": self.error,
                     "result": self.result, "request": self.request}
+
+    def _finish(self, **kw: Any) -> None:
+        """Enter a final state: the ``on_final`` hook first (clean-up is done when clients see the state)."""
+        hook, self.on_final = self.on_final, None
+        if hook is not None:
+            try:
+                hook(self)
+            except Exception:  # noqa: BLE001 - clean-up trouble must not leave the job hanging
+                log.warning("clean-up of job %s failed:\n%s", self.id, traceback.format_exc())
+        self._set(**kw)
+        self.done_event.set()
 
     def _set(self, **kw: Any) -> None:
         with self.lock:
@@ -135,8 +147,7 @@ class JobManager:
             raise JobStateError(f"job {job_id} is already {state}; only queued or running jobs can be cancelled")
         job.cancel_event.set()
         if state == QUEUED:
-            job._set(state=CANCELLED, message="cancelled before it started")
-            job.done_event.set()
+            job._finish(state=CANCELLED, message="cancelled before it started")
         else:
             job._set(message="cancelling at the end of the current tile")
         return job
@@ -170,23 +181,24 @@ class JobManager:
                 return
             if job.cancel_event.is_set():
                 if job.state != CANCELLED:
-                    job._set(state=CANCELLED, message="cancelled before it started")
+                    job._finish(state=CANCELLED, message="cancelled before it started")
                 job.done_event.set()
                 continue
             job._set(state=RUNNING, message="starting")
             ctx = JobContext(job)
+            final: dict[str, Any] = {"state": FAILED, "message": "interrupted"}
             try:
                 result = job.runner(ctx)
             except JobCancelled:
-                job._set(state=CANCELLED, message="cancelled; partial outputs removed")
+                final = {"state": CANCELLED, "message": "cancelled; partial outputs removed"}
             except RsfmError as exc:
-                job._set(state=FAILED, error=exc.to_dict()["error"], message=exc.message)
+                final = {"state": FAILED, "error": exc.to_dict()["error"], "message": exc.message}
             except Exception as exc:  # noqa: BLE001 - a job must never kill its worker
                 log.error("job %s crashed:\n%s", job.id, traceback.format_exc())
-                job._set(state=FAILED, message=str(exc), error={
+                final = {"state": FAILED, "message": str(exc), "error": {
                     "code": "internal_error",
-                    "message": f"{type(exc).__name__}: {exc} (this is a bug in RSFM; the server log has the trace)"})
+                    "message": f"{type(exc).__name__}: {exc} (this is a bug in RSFM; the server log has the trace)"}}
             else:
-                job._set(state=SUCCEEDED, progress=1.0, message="done", result=result)
+                final = {"state": SUCCEEDED, "progress": 1.0, "message": "done", "result": result}
             finally:
-                job.done_event.set()
+                job._finish(**final)

@@ -161,7 +161,8 @@ class ModelRegistry:
             return models[model_id]
         for path, why in self.broken.items():
             if Path(path).name == model_id:
-                raise ModelPackageError(f"model package {path} is broken: {why}")
+                raise ModelPackageError(f"model package {path} is broken: {why}. Fix its {CONFIG_NAME} (see "
+                                        "docs/CONTRACTS.md) or re-download / re-export the package")
         known = ", ".join(sorted(models)) or "none installed"
         raise ModelNotFoundError(
             f"unknown model {model_id!r}; known models: {known}. Add a package folder with --models-dir "

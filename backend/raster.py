@@ -143,6 +143,9 @@ def _window(src, bbox: Any) -> tuple[Window | None, list[RsfmError]]:
     return Window(int(win.col_off), int(win.row_off), int(win.width), int(win.height)), []
 
 
+MAX_WINDOW_PIXELS = 40_000_000_000  # 200k x 200k px (a 40 GB class raster): larger areas need a bbox
+
+
 def inspect_raster(config: PackageConfig, path: str, options: dict | None = None
                    ) -> tuple[RasterPlan | None, list[RsfmError], list[str]]:
     """Check ``path`` against ``config``; return ``(plan or None, problems, warnings)``. Never raises RsfmError."""
@@ -195,6 +198,12 @@ def inspect_raster(config: PackageConfig, path: str, options: dict | None = None
                             "values are used as they are")
         win, errs = _window(src, options.get("bbox"))
         problems += errs
+        if win is not None and int(win.width) * int(win.height) > MAX_WINDOW_PIXELS:
+            # checked before anything is allocated: the output's tile index alone grows with the pixel count
+            problems.append(IncompatibleRasterError(
+                f"{path} is {int(win.width)} x {int(win.height)} px in the processed area, more than the "
+                f"{MAX_WINDOW_PIXELS:.0e} px one job may cover; pass a bbox option to process a part of it, "
+                "or split the raster (gdal_retile.py)", code="raster_too_large"))
         # A truncated file opens fine and fails on read: read the last row of the window now.
         if win is not None and bands and not problems:
             try:

@@ -89,8 +89,28 @@ def submit_job(req: Request) -> tuple[int, dict[str, Any]]:
     from backend.tasks import create_job  # heavy imports (torch via runtimes) only when a job comes
 
     job = create_job(req.app, req.body)
-    req.app.jobs.submit(job)
-    return 202, job.to_dict()
+    return 202, _submit(req, job)
+
+
+def _submit(req: Request, job) -> dict[str, Any]:
+    try:
+        req.app.jobs.submit(job)
+    except Exception:
+        hook, job.on_final = job.on_final, None  # refused (queue full): drop the job's record
+        if hook is not None:
+            hook(job)
+        raise
+    return job.to_dict()
+
+
+@route("POST", "/api/v1/jobs/{job_id}/resume", "Resume a job interrupted by a backend crash (dense tasks continue "
+       "from their last finished block; other tasks start again)",
+       request_schema={"type": "object", "properties": {"output_dir": _STR}}, response_schema=JOB)
+def resume_job(req: Request) -> tuple[int, dict[str, Any]]:
+    from backend.tasks import resume_job as _resume
+
+    job = _resume(req.app, req.params["job_id"], req.body)
+    return 202, _submit(req, job)
 
 
 @route("GET", "/api/v1/jobs", "All known jobs, oldest first",

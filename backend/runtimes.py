@@ -70,8 +70,15 @@ class TorchRuntime(Runtime):
         self.device = resolve_device(device)
         try:
             _, self.model = load_package(entry.path, device=self.device)
-        except PackageError as exc:
-            raise ModelPackageError(str(exc)) from None
+        except (PackageError, RuntimeError) as exc:
+            # load_state_dict reports shape mismatches as RuntimeError: the package is wrong, not RSFM
+            if not isinstance(exc, PackageError) and "state_dict" not in str(exc):
+                raise
+            why = str(exc).strip().splitlines()
+            raise ModelPackageError(f"model package {entry.id!r} at {entry.path} cannot be loaded: "
+                                    f"{' '.join(w.strip() for w in why[:3])}. Its weights must match config.json "
+                                    "(classes, architecture_kwargs); re-export it (python -m training.cli export) "
+                                    "or re-download it") from None
         self._lock = threading.Lock()  # one forward at a time per loaded model (jobs may share it)
 
     def __call__(self, *inputs: np.ndarray) -> Any:

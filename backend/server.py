@@ -161,6 +161,9 @@ class Handler(BaseHTTPRequestHandler):
             return json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise InvalidJsonError(f"request body is not valid UTF-8 JSON ({exc})") from None
+        except RecursionError:
+            raise InvalidJsonError("request body nests JSON arrays/objects too deeply; send a flat JobRequest") \
+                from None
 
     def _check_host(self) -> None:
         host = self.headers.get("Host") or ""

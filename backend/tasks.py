@@ -9,6 +9,7 @@ everything succeeded.
 
 from __future__ import annotations
 
+import errno
 import math
 import re
 from collections.abc import Callable
@@ -22,6 +23,7 @@ import numpy as np
 from backend.engine import (
     EngineParams,
     RasterSource,
+    dense_blocks,
     iter_tile_batches,
     n_sparse_tiles,
     overlap_fraction,
@@ -67,6 +69,8 @@ OPTIONS: dict[str, tuple[tuple[type, ...], str]] = {
     "output_name": ((str,), "base name of the output files (plain name, no path)"),
     "runtime": ((str,), "auto (onnx where the package has model.onnx, else torch), torch or onnx"),
 }
+NO_VALID_PIXELS = ("the processed area holds no valid pixels (every pixel is nodata); the outputs are empty — "
+                   "check the raster's nodata value or choose another area")
 TASK_SUFFIX = {"semantic_segmentation": "segmentation", "instance_segmentation": "instances",
                "object_detection": "detections", "rotated_detection": "rotated_detections",
                "scene_classification": "scenes", "change_detection": "change"}
@@ -230,14 +234,112 @@ def build_spec(app, body: Any) -> JobSpec:
                    base_name=base_name, params=params, options=options, runtime=runtime, warnings=warnings)
 
 
-def create_job(app, body: Any) -> Job:
-    """Validate ``body`` and return a queued-state :class:`Job` whose runner executes it."""
+def create_job(app, body: Any, job_id: str | None = None) -> Job:
+    """Validate ``body`` and return a queued-state :class:`Job` whose runner executes it.
+
+    The request is recorded (:func:`record_path`) until the job reaches a final state, so that a job whose
+    backend died can be resumed; ``job_id`` re-creates such a job under its old id (its block journal and
+    temp files carry that id).
+    """
     spec = build_spec(app, body)
     request = {"task": spec.task, "model": spec.entry.id, "inputs": body["inputs"],
                "output_dir": str(spec.output_dir), "options": body.get("options") or {}}
     job = Job(task=spec.task, model=spec.entry.id, runner=lambda ctx: run_spec(app, spec, ctx), request=request)
+    if job_id is not None:
+        job.id = job_id
     job.warnings.extend(spec.warnings)
+    rec = record_path(app, spec.output_dir, job.id)
+    _write_record(rec, {"id": job.id, "created": job.created, "request": request})
+    job.on_final = lambda _job: _remove_record(rec)
     return job
+
+
+# -- job records and resume -----------------------------------------------------------------------------
+
+JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+RECORDS_DIR = ".rsfm-jobs"
+
+
+def record_path(app, output_dir: Path | str, job_id: str) -> Path:
+    """Where a job's request is recorded: ``state_dir/<id>.json`` if that setting is set, else
+    ``<output_dir>/.rsfm-jobs/<id>.json``."""
+    state_dir = getattr(app.settings, "state_dir", "") or ""
+    base = Path(state_dir).expanduser() if state_dir else Path(output_dir) / RECORDS_DIR
+    return base / f"{job_id}.json"
+
+
+def _write_record(path: Path, record: dict[str, Any]) -> None:
+    import json
+
+    from backend.outputs import atomic_write_bytes
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, json.dumps(record, sort_keys=True).encode("utf-8"))
+    except OSError as exc:
+        from backend.errors import InvalidOutputPathError
+
+        raise InvalidOutputPathError(f"cannot record the job in {path.parent} ({exc.strerror}); free some disk "
+                                     "space or choose another output_dir / --state-dir") from None
+
+
+def _remove_record(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    if path.parent.name == RECORDS_DIR:
+        try:
+            path.parent.rmdir()  # only when empty: other jobs' records stay
+        except OSError:
+            pass
+
+
+def resume_job(app, job_id: str, body: Any) -> Job:
+    """Re-create a job interrupted by a crash from its record; dense tasks continue from their journal.
+
+    Raises:
+        JobNotFoundError: no record of ``job_id`` (it finished, was never submitted, or lives in another
+            output_dir: pass ``{"output_dir": ...}``).
+        JobStateError: the job is known to this backend and still queued/running or already succeeded.
+    """
+    import json
+
+    from backend.errors import JobNotFoundError, JobStateError
+    from backend.jobs import FINAL
+
+    if not isinstance(job_id, str) or not JOB_ID.match(job_id):
+        raise JobNotFoundError(f"{job_id!r} is not a job id (32 hex digits)")
+    if body is not None and not isinstance(body, dict):
+        raise BadRequestError('send nothing or {"output_dir": "/absolute/folder/of/the/job"}')
+    body = body or {}
+    unknown = sorted(set(body) - {"output_dir"})
+    if unknown:
+        raise BadRequestError(f"unknown fields {unknown}; resume takes only output_dir")
+    try:
+        known = app.jobs.get(job_id)
+    except JobNotFoundError:
+        known = None
+    if known is not None and known.state not in FINAL:
+        raise JobStateError(f"job {job_id} is {known.state}; only a job interrupted by a backend crash can be "
+                            "resumed")
+    candidates = []
+    if getattr(app.settings, "state_dir", ""):
+        candidates.append(record_path(app, "", job_id))
+    if body.get("output_dir") is not None:
+        out = check_output_dir(body["output_dir"])
+        candidates.append(out / RECORDS_DIR / f"{job_id}.json")
+    elif known is not None:
+        candidates.append(Path(known.request.get("output_dir", "/nonexistent")) / RECORDS_DIR / f"{job_id}.json")
+    for rec in candidates:
+        if rec.is_file():
+            try:
+                record = json.loads(rec.read_text(encoding="utf-8"))
+                request = record["request"]
+            except (OSError, ValueError, KeyError, TypeError):
+                raise JobNotFoundError(f"the record {rec} of job {job_id} is damaged; submit the job again") from None
+            return create_job(app, request, job_id=job_id)
+    where = " or ".join(str(c.parent) for c in candidates) or "the state dir (none set)"
+    raise JobNotFoundError(f"no record of an interrupted job {job_id} in {where}; a job that finished (or "
+                           "was cancelled) cannot be resumed. Pass {\"output_dir\": ...} of the job, or submit "
+                           "it again")
 
 
 # -- running ------------------------------------------------------------------------------------------
@@ -288,14 +390,41 @@ def run_spec(app, spec: JobSpec, ctx: JobContext, model: Callable[..., Any] | No
             result = TASK_RUNNERS[spec.task](rc)
         ctx.check_cancel()
         out.commit()
-    except BaseException:
+    except BaseException as exc:
         out.abort()
+        write_error = _as_write_error(exc, spec.output_dir)
+        if write_error is not None:
+            raise write_error from None
         raise
     result.setdefault("stats", {})
     result["stats"].update({"model": prov["model"], "parameters": spec.effective_parameters(),
                             "width_px": int(spec.plan.window.width), "height_px": int(spec.plan.window.height),
                             "gsd_m": spec.plan.gsd_m})
     return result
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+_DISK_FULL_TEXT = ("no space left", "file too large", "disk quota", "short write", "failed to write",
+                   "write error", "writeblock", "i/o error", "failed to commit", "database or disk is full")
+
+
+def _as_write_error(exc: BaseException, output_dir: Path):
+    """An :class:`OutputWriteError` when ``exc`` (OSError or a GDAL/OGR error) comes from writing outputs."""
+    import rasterio.errors
+
+    from backend.errors import OutputWriteError, RsfmError
+
+    if isinstance(exc, RsfmError):
+        return None
+    is_os = isinstance(exc, OSError) and getattr(exc, "errno", None) in _DISK_FULL
+    text = str(exc).lower()
+    is_gdal = (isinstance(exc, (rasterio.errors.RasterioError, OSError)) or type(exc).__module__.startswith(
+        ("pyogrio", "rasterio"))) and any(t in text for t in _DISK_FULL_TEXT)
+    if not (is_os or is_gdal):
+        return None
+    return OutputWriteError(f"writing the outputs to {output_dir} failed ({exc}); the disk may be full or a file "
+                            "size limit reached. Nothing was kept: free some space (or choose another output_dir) "
+                            "and submit the job again")
 
 
 def _px_to_crs_affine(spec: JobSpec) -> list[float]:
@@ -319,6 +448,15 @@ def _run_class_raster(rc: RunContext, keep: list[int] | None, raster_name: str, 
     win = spec.plan.window
     k = len(cfg.classes)
     tif_tmp, tif_final = rc.out.reserve("", "tif")
+    blocks = dense_blocks(rc.source, spec.params)
+    index_of = {(int(b.core.row_off), int(b.core.col_off)): i for i, b in enumerate(blocks)}
+    # everything the class map depends on: a journal written under other conditions is discarded
+    fingerprint = {"model": f"{spec.entry.id}@{spec.entry.revision}", "runtime": spec.runtime,
+                   "raster": spec.plan.path, "after": spec.after_plan.path if spec.after_plan else None,
+                   "window": [int(win.col_off), int(win.row_off), int(win.width), int(win.height)],
+                   "bands": spec.plan.bands, "params": [spec.params.tile_size_px, spec.params.tile_overlap_px,
+                                                        spec.params.batch_size, spec.params.block_size_px]}
+    journal = rc.out.journal("", fingerprint)
     writer = ClassRasterWriter(tif_tmp, int(win.width), int(win.height), spec.plan.crs_wkt,
                                spec.plan.window_transform, cfg.classes, description=raster_name)
 
@@ -329,15 +467,23 @@ def _run_class_raster(rc: RunContext, keep: list[int] | None, raster_name: str, 
         cls = scores.argmax(axis=0).astype(np.uint8)
         cls[~valid] = NODATA_CLASS
         writer.write_block(window, cls)
+        journal.record(index_of[(int(window.row_off), int(window.col_off))], cls)
 
     ok = False
     try:
-        run_dense(rc.source, rc.model, spec.params, sink, rc.progress)
+        resumed = [i for i in journal.done() if i < len(blocks)]
+        for i in resumed:  # a resumed job: copy the blocks finished before the crash
+            writer.write_block(blocks[i].core, journal.load(i))
+        if resumed:
+            rc.job.warn(f"resumed: {len(resumed)} of {len(blocks)} blocks were already done")
+        run_dense(rc.source, rc.model, spec.params, sink, rc.progress, skip=resumed)
         ok = True
     finally:
         writer.close(tags={"RSFM_MODEL": rc.provenance["model"], "RSFM_PARAMETERS": rc.provenance["parameters"],
                            "RSFM_SOURCE": rc.provenance["source"], "RSFM_CREATED": rc.provenance["created"]},
                      overviews=ok)
+    if int(writer.counts.sum()) == 0:
+        rc.job.warn(NO_VALID_PIXELS)
     qml_tmp, qml_final = rc.out.reserve("", "qml")
     write_text(qml_tmp, raster_qml(cfg.classes))
     px_area = abs(spec.plan.window_transform.a * spec.plan.window_transform.e)
@@ -422,6 +568,8 @@ def run_scene_classification(rc: RunContext) -> dict[str, Any]:
             vw.add(cell, class_id=cid, class_name=cfg.classes[cid].name, score=float(p[cid]))
         done += len(tiles)
         rc.progress(done, total)
+    if vw.count == 0:
+        rc.job.warn(NO_VALID_PIXELS)
     out = _finish_vector(rc, vw, gpkg_final, "scenes", f"{spec.entry.id} scenes")
     return {"outputs": [out], "stats": {"tiles": vw.count, "classes": [
         {"class_id": i, "class_name": c.name, "tiles": int(counts[i])} for i, c in enumerate(cfg.classes)]}}
@@ -497,7 +645,9 @@ def _run_detection(rc: RunContext, kind: str) -> dict[str, Any]:
     total = n_sparse_tiles(spec.plan, spec.params)
     polys, scores, labels, extra = [], [], [], []
     done = 0
+    any_valid = False
     for tiles, args, valid in iter_tile_batches(rc.source, spec.params):
+        any_valid = any_valid or bool(valid.any())
         preds = rc.model(*args)
         if not isinstance(preds, (list, tuple)) or len(preds) != len(tiles):
             raise ModelPackageError(f"a {kind} model must return a list of {len(tiles)} dicts (one per tile)")
@@ -542,6 +692,8 @@ def _run_detection(rc: RunContext, kind: str) -> dict[str, Any]:
                 labels.append(int(lb[n]))
         done += len(tiles)
         rc.progress(done, total)
+    if not any_valid:
+        rc.job.warn(NO_VALID_PIXELS)
     rc.job.progress(0.96, f"merging {len(polys)} detections")
     keep = nms_polygons(polys, np.asarray(scores), np.asarray(labels), float(spec.options["nms_iou_threshold"]))
     aff = _px_to_crs_affine(spec)

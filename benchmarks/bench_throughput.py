@@ -71,15 +71,18 @@ def run_task(task: str, models_dir: Path, raster: Path, out: Path, threads: int,
             "tiles": tiles, "tile": t, "batch": spec.params.batch_size, "entry": entry, "model": model}
 
 
-def model_only(model, batch: int, tile: int, reps: int = 3) -> float:
-    """Median seconds of one ``batch x 3 x tile x tile`` runtime call (no reading, blending or writing)."""
+def model_only(model, batch: int, tile: int, reps: int = 7) -> float:
+    """Best seconds of one ``batch x 3 x tile x tile`` runtime call (no reading, blending or writing).
+
+    Best-of, like the matmul limit, so the two are measured the same way on the noisy shared machine.
+    """
     x = np.random.default_rng(0).standard_normal((batch, 3, tile, tile)).astype(np.float32)
     ts = []
     for _ in range(reps):
         t0 = time.perf_counter()
         model(x)
         ts.append(time.perf_counter() - t0)
-    return sorted(ts)[len(ts) // 2]
+    return min(ts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,8 +155,11 @@ def main(argv: list[str] | None = None) -> int:
                            "job GFLOP/s", "model-only GFLOP/s", "matmul GFLOP/s", "job / matmul", "model-only / matmul"],
                           urows),
                  f"\nTarget >= 50 % of the matmul limit: **{'met' if best >= 50 else 'NOT met'}** "
-                 f"(best {best:.1f} %). `model-only` times one batch through the runtime with no I/O or blending, "
-                 "so the gap between the two columns is the engine's share."]
+                 f"(best {best:.1f} %). `model-only` times one batch through the runtime with no I/O or blending "
+                 "(best of 7), so the gap between the two columns is the engine's share. FLOPs are counted by "
+                 "`torch.utils.flop_counter.FlopCounterMode` (convolutions incl. depthwise, matmuls; 2 per "
+                 "multiply-add); the depthwise convolutions of efficientnet_lite0 are memory-bound, which is "
+                 "why the model alone stays far below the matmul limit."]
     text = write_section(args.out, "Throughput per task on a real-tile mosaic",
                          command_line("bench_throughput.py", sys.argv[1:] if argv is None else argv), "\n".join(body), data=data)
     print(text)

@@ -44,7 +44,16 @@ def launch(out_dir: Path) -> int:
             break
     if not models_dir:
         raise SystemExit(f"cannot build fixture models:\n{fx.stderr[-2000:]}")
+    # A loopback Hub (tests/qgis/hub_seed.py) with the segmentation fixture pushed to it, so the model
+    # browser can show its Hub part without the internet.
+    hub = subprocess.Popen([venv_py, str(REPO / "tests" / "qgis" / "hub_seed.py"), str(work / "hub"),
+                            str(Path(models_dir) / "rsfm-fixture-semantic-segmentation")],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                           env=dict(os.environ, OMP_NUM_THREADS="1", HF_HOME=str(work / "hf_seed")))
+    hub_line = hub.stdout.readline()
+    hub_url = json.loads(hub_line)["url"] if hub_line else ""
     env = dict(os.environ, RSFM_BACKEND_PYTHON=venv_py, RSFM_STATE_DIR=str(work / "state"),
+               RSFM_SHOTS_HUB=hub_url, HF_HOME=str(work / "hf_home"), HF_HUB_DISABLE_XET="1",
                RSFM_SHOTS_OUT=str(out_dir.resolve()), RSFM_SHOTS_MODELS=models_dir,
                RSFM_SHOTS_WORK=str(work), RSFM_SHOTS_REPO=str(REPO), QGIS_PLUGINPATH="")
     env.pop("QT_QPA_PLATFORM", None)
@@ -57,7 +66,11 @@ def launch(out_dir: Path) -> int:
     qgis = shutil.which("qgis.bin") or shutil.which("qgis") or "qgis"
     cmd = ["xvfb-run", "-a", "-s", f"-screen 0 {SCREEN}", qgis, "--nologo", "--noversioncheck",
            "--profiles-path", str(work / "profiles"), "--code", str(REPO / "scripts" / "screenshots.py")]
-    proc = subprocess.run(cmd, env=env, timeout=900)
+    try:
+        proc = subprocess.run(cmd, env=env, timeout=900)
+    finally:
+        hub.stdin.close()
+        hub.wait(10)
     log = work / "screenshots.log"
     print(log.read_text() if log.is_file() else "QGIS wrote no log: did it start?")
     shutil.rmtree(work, ignore_errors=True)
@@ -81,6 +94,7 @@ def inside_qgis(iface) -> None:  # noqa: C901 - a linear script of GUI steps
     s.model_dirs = [os.environ["RSFM_SHOTS_MODELS"]]
     s.device = "cpu"
     s.output_dir = os.path.join(os.environ["RSFM_SHOTS_WORK"], "outputs")
+    s.hf_endpoint = os.environ.get("RSFM_SHOTS_HUB", "")
     s.save()
 
     import qgis.utils
@@ -183,6 +197,17 @@ def inside_qgis(iface) -> None:  # noqa: C901 - a linear script of GUI steps
         dlg.move(win.frameGeometry().center() - dlg.rect().center())
         yield 1.0
         grab("model_browser", dlg)
+        if os.environ.get("RSFM_SHOTS_HUB"):
+            dlg.search_hub()
+            t0 = time.monotonic()
+            while dlg.hub_task is not None and time.monotonic() - t0 < 60:
+                yield 0.5
+            for i in range(dlg.list.count()):
+                if dlg.list.item(i).text().startswith("☁"):
+                    dlg.list.setCurrentRow(i)
+                    break
+            yield 1.0
+            grab("model_browser_hub", dlg)
         dlg.close()
         sd = dock.open_settings()
         sd.move(win.frameGeometry().center() - sd.rect().center())

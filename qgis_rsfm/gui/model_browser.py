@@ -195,8 +195,9 @@ class ModelBrowserDialog(QDialog):
         self.install_progress.setRange(0, 100)
         self.install_progress.setValue(0)
         lay.addWidget(self.install_progress)
-        for w in (self.hub_label, self.hub_button, self.install_button, self.install_cancel, self.install_progress):
+        for w in (self.hub_label, self.hub_button, self.install_button, self.install_cancel):
             w.setVisible(client_factory is not None)
+        self.install_progress.setVisible(False)  # shown from the first install on
 
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
         self.reload_button = buttons.addButton(tr("Reload from backend"), QDialogButtonBox.ButtonRole.ActionRole)
@@ -333,6 +334,7 @@ class ModelBrowserDialog(QDialog):
                                         on_finished=self._installed)
         self.install_task.progressChanged.connect(self._install_progress)  # queued: emitted on a worker
         self.install_progress.setValue(0)
+        self.install_progress.setVisible(True)
         self.install_button.setEnabled(False)
         self.install_cancel.setEnabled(True)
         self.hub_label.setStyleSheet("")

@@ -136,6 +136,22 @@ def test_change_algorithm_with_two_crs_and_plain_refusal(qgis_app, backend, rast
         assert (res.RasterXSize, res.RasterYSize) == (src.RasterXSize, src.RasterYSize)
         assert res.GetGeoTransform() == pytest.approx(src.GetGeoTransform())
         assert osr.SpatialReference(wkt=res.GetProjection()).IsSame(osr.SpatialReference(wkt=src.GetProjection()))
+
+        class Recorder(QgsProcessingFeedback):
+            warnings: list[str] = []
+
+            def pushWarning(self, text: str) -> None:  # noqa: N802 - QGIS API
+                self.warnings.append(text)
+                super().pushWarning(text)
+
+        w = gdal.Open(rasters["rgb_after"]).RasterXSize
+        part = _warp(rasters["rgb_after"], str(tmp_path / "part.tif"), crs="EPSG:4326",
+                     src_win=(int(w * 0.7), 0, w - int(w * 0.7), src.RasterYSize))
+        fb = Recorder()
+        processing.run("rsfm:change", {"INPUT": rasters["rgb"], "INPUT_AFTER": part,
+                                       "OUTPUT_FOLDER": str(tmp_path / "c")}, context=QgsProcessingContext(),
+                       feedback=fb)
+        assert any("overlap on only" in t for t in fb.warnings), fb.warnings
         far = _warp(rasters["rgb_after"], str(tmp_path / "far.tif"), crs="EPSG:4326", shift_m=50_000.0)
         with pytest.raises(QgsProcessingException, match="do not overlap, so there is nothing to compare"):
             processing.run("rsfm:change", {"INPUT": rasters["rgb"], "INPUT_AFTER": far,

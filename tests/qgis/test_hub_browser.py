@@ -98,8 +98,10 @@ def test_browser_lists_hub_models_and_installs_one_into_the_pickers(hub_dock, hu
 
     progress_seen: list[int] = []
     dlg.install_progress.valueChanged.connect(progress_seen.append)
+    assert not dlg.install_progress.isVisible(), "no progress bar before anything is installed"
     install = dlg.install_current()
     assert install is not None and dlg.install_cancel.isEnabled() and not dlg.install_button.isEnabled()
+    assert dlg.install_progress.isVisible()
     assert wait_for(lambda: dlg.install_task is None, 120), "install did not finish"
     assert type(dlg.last_install).__name__ == "Success", dlg.hub_label.text()
     pinned = f"hf://rsfm/seg-hub@{hub['repos']['rsfm/seg-hub']}"
@@ -123,6 +125,9 @@ def test_install_can_be_cancelled_and_installs_nothing(hub_dock, hub, hub_backen
     task = dlg.install_current()
     assert task is not None
     assert wait_for(lambda: task.job_id is not None or dlg.install_task is None, 60)
+    # The backend reports download progress (files arrive every 1.5 s): the bar moves before Cancel.
+    assert wait_for(lambda: 0 < dlg.install_progress.value() < 100 or dlg.install_task is None, 30)
+    assert dlg.install_task is not None, "the slow install finished before it could be cancelled"
     dlg.cancel_install()
     assert wait_for(lambda: dlg.install_task is None, 60), "cancel did not finish the install task"
     assert type(dlg.last_install).__name__ == "Canceled", dlg.hub_label.text()

@@ -11,7 +11,13 @@ from PIL import Image
 
 from training.data import DatasetNotFoundError
 from training.data.change_pairs import LevirCD, OSCDPairs
-from training.data.make_fixture import FIXTURE_CLASSES, write_color_masks, write_levir, write_oscd, write_scenes
+from training.data.make_fixture import (
+    FIXTURE_CLASSES,
+    write_color_masks,
+    write_levir,
+    write_oscd,
+    write_scenes,
+)
 from training.data.masks import ColorMaskSegmentation, load_mask_colors, rgb_to_index
 from training.data.scenes import SceneFolder
 from training.data.transforms import (

@@ -141,6 +141,7 @@ class OSCDPairs(Dataset):
                     raise DatasetNotFoundError(f"OSCD city {c}: {d / name} is missing")
             self.items.append((d / "img1.png", d / "img2.png", d / "cm.png"))
         self.cities = chosen
+        self.groups = chosen  # same attribute name as the tiled readers, for run metadata
         self.classes = [("no change", "#000000"), ("change", "#FF0000")]
 
     def __len__(self) -> int:

@@ -1,0 +1,97 @@
+"""Kill-and-resume: a backend SIGKILLed mid-job is restarted and the job resumed from its block journal."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import time
+
+import numpy as np
+import rasterio
+from conftest import SEG, assert_error, seg_job, start_backend
+
+
+def _visible(d):
+    return sorted(p.name for p in d.iterdir() if not p.name.startswith("."))
+
+
+def test_sigkill_mid_job_then_resume_equals_clean_run(rfx, tmp_path):
+    token = secrets.token_urlsafe(24)
+    env = {"RSFM_BLOCK_SIZE_PX": "64", "RSFM_RUNTIME": "torch"}
+    out, clean = tmp_path / "out", tmp_path / "clean"
+    body = seg_job(rfx["seg_id"], rfx["big"], out, output_name="lc", vectorize=True)
+
+    be = start_backend(tmp_path, token, models=rfx["models"], extra_env=env)
+    try:
+        status, job = be.call("POST", "/api/v1/jobs", body)
+        assert status == 202, job
+        jid = job["id"]
+        journal = out / f".lc.{jid[:12]}.tmp.journal"
+        deadline = time.monotonic() + 120
+        # kill once a few blocks are journalled (of 36), well before the end
+        while time.monotonic() < deadline and len(list(journal.glob("b*.npz"))) < 4:
+            time.sleep(0.01)
+        os.kill(be.proc.pid, signal.SIGKILL)
+        be.proc.wait(30)
+    finally:
+        be.stop()
+    done_before = len(list(journal.glob("b*.npz")))
+    assert 4 <= done_before < 36, done_before  # really killed mid-job
+    assert _visible(out) == []  # nothing under a final name: only hidden temp files, journal and record
+    assert (out / ".rsfm-jobs" / f"{jid}.json").is_file()
+
+    be = start_backend(tmp_path, token, models=rfx["models"], extra_env=env)
+    try:
+        status, body2 = be.call("POST", f"/api/v1/jobs/{jid}/resume", {})
+        assert_error(status, body2, 404, "job_not_found")  # the record lives in the job's output_dir
+        status, job = be.call("POST", f"/api/v1/jobs/{jid}/resume", {"output_dir": str(out)})
+        assert status == 202 and job["id"] == jid, job
+        job = be.wait(jid)
+        assert job["state"] == "succeeded", job
+        assert any(w.startswith(f"resumed: {done_before} of 36") for w in job["warnings"]), job["warnings"]
+        status, job2 = be.call("POST", f"/api/v1/jobs/{jid}/resume", {"output_dir": str(out)})
+        assert_error(status, job2, 404, "job_not_found")  # finished: nothing left to resume
+        status, ref = be.call("POST", "/api/v1/jobs", seg_job(rfx["seg_id"], rfx["big"], clean, output_name="lc",
+                                                              vectorize=True))
+        ref = be.wait(ref["id"])
+        assert ref["state"] == "succeeded", ref
+    finally:
+        be.stop()
+    # the resumed output equals an uninterrupted run, and nothing else is left behind
+    assert sorted(p.name for p in out.iterdir()) == ["lc.qml", "lc.tif", "lc_polygons.gpkg", "lc_polygons.qml"]
+    with rasterio.open(out / "lc.tif") as a, rasterio.open(clean / "lc.tif") as b:
+        assert a.profile == b.profile
+        assert np.array_equal(a.read(1), b.read(1))
+        assert a.overviews(1) == b.overviews(1)
+    assert job["result"]["stats"]["classes"] == ref["result"]["stats"]["classes"]
+    assert job["result"]["stats"]["polygons"] == ref["result"]["stats"]["polygons"]
+    assert (out / "lc.qml").read_bytes() == (clean / "lc.qml").read_bytes()
+
+
+def test_resume_refusals_and_records(rapi, rfx, tmp_path):
+    status, body = rapi.post("/api/v1/jobs/not-a-job/resume", {})
+    assert_error(status, body, 404, "job_not_found")
+    status, body = rapi.post("/api/v1/jobs/" + "0" * 32 + "/resume", {"output_dir": str(tmp_path)})
+    assert_error(status, body, 404, "job_not_found")
+    status, body = rapi.post("/api/v1/jobs/" + "0" * 32 + "/resume", {"output_dir": str(tmp_path), "x": 1})
+    assert_error(status, body, 400, "bad_request")
+    # a finished job leaves no record behind, and cannot be resumed
+    status, job = rapi.post("/api/v1/jobs", seg_job(rfx["seg_id"], rfx["rgb"], tmp_path / "o", vectorize=False))
+    assert status == 202
+    job = rapi.wait(job["id"])
+    assert job["state"] == "succeeded" and job["task"] == SEG
+    assert not (tmp_path / "o" / ".rsfm-jobs").exists()
+    status, body = rapi.post(f"/api/v1/jobs/{job['id']}/resume", {})
+    assert_error(status, body, 404, "job_not_found")
+
+
+def test_journal_from_other_settings_is_discarded(tmp_path):
+    from backend.outputs import BlockJournal
+
+    j = BlockJournal(tmp_path / ".j", {"params": [64, 16]})
+    j.record(3, np.full((4, 5), 2, np.uint8))
+    assert BlockJournal(tmp_path / ".j", {"params": [64, 16]}).done() == [3]
+    assert np.array_equal(j.load(3), np.full((4, 5), 2, np.uint8))
+    assert BlockJournal(tmp_path / ".j", {"params": [64, 8]}).done() == []  # another tiling: start again
+    assert not list((tmp_path / ".j").glob("*.part"))
