@@ -180,9 +180,8 @@ class RasterSource:
         """Read ``win`` (relative to the processing window) -> ``(x CxHxW, x_after or None, valid HxW)``."""
         aw = self._abs(win)
         x, valid = self._read_one(self._src, self.plan.bands, aw)
-        if self._vrt is None:
+        if self._vrt is None or self.after is None:
             return x, None, valid
-        assert self.after is not None
         xa, valid_a = self._read_one(self._vrt, self.after.bands, aw)
         return x, xa, valid & valid_a
 
@@ -241,7 +240,8 @@ def predict_block(source_x: np.ndarray, source_xa: np.ndarray | None, model: Mod
             acc[:, y: y + th, x: x + tw] += lg[:, :th, :tw] * wt
             wsum[y: y + th, x: x + tw] += wt
         on_batch(len(batch))
-    assert acc is not None
+    if acc is None:  # no tile at all: only for an empty window, which planning refuses
+        raise BadRequestError(f"nothing to process in a {h} x {w} px window")
     acc /= wsum
     return acc
 
@@ -354,8 +354,7 @@ def iter_tile_batches(source: RasterSource, params: EngineParams
     with ThreadPoolExecutor(1, thread_name_prefix="rsfm-read") as reader:
         nxt = reader.submit(load, batches[0]) if batches else None
         for i in range(len(batches)):
-            assert nxt is not None
-            item = nxt.result()
+            item = nxt.result()  # type: ignore[union-attr] - set for every i < len(batches)
             nxt = reader.submit(load, batches[i + 1]) if i + 1 < len(batches) else None
             yield item
 

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
-from xml.sax.saxutils import escape
+from xml.sax.saxutils import escape  # nosec B406
 
 import numpy as np
 import rasterio
@@ -265,6 +265,31 @@ class ClassRasterWriter:
                 self.ds.build_overviews(factors, Resampling.nearest)
                 self.ds.update_tags(ns="rio_overview", resampling="nearest")
         self.ds.close()
+        self.verify()
+
+    def verify(self) -> None:
+        """Re-open the closed file and read its last pixel (and the coarsest overview).
+
+        GDAL reports a failed block-cache flush on close (disk full, file size limit) only as a log message,
+        leaving a truncated file; its directory and last blocks are written last, so this catches it.
+
+        Raises:
+            OutputWriteError: the file is incomplete.
+        """
+        from rasterio.errors import RasterioError
+
+        from backend.errors import OutputWriteError
+
+        try:
+            with rasterio.open(self.path) as ds:
+                ds.read(1, window=Window(ds.width - 1, ds.height - 1, 1, 1))
+                ovr = ds.overviews(1)
+                if ovr:
+                    ds.read(1, out_shape=(max(1, ds.height // ovr[-1]), max(1, ds.width // ovr[-1])))
+        except RasterioError as exc:
+            raise OutputWriteError(f"writing {self.path.name} in {self.path.parent} failed ({exc}); the disk may be "
+                                   "full or a file size limit reached. Nothing was kept: free some space (or choose "
+                                   "another output_dir) and submit the job again") from None
 
 
 def area_factor_m2(crs_wkt: str, center_lat: float | None = None) -> float:

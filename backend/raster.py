@@ -224,7 +224,6 @@ def inspect_raster(config: PackageConfig, path: str, options: dict | None = None
 def plan_raster(config: PackageConfig, path: str, options: dict | None = None) -> RasterPlan:
     """Like :func:`inspect_raster` but raises the first problem."""
     plan, problems, _ = inspect_raster(config, path, options)
-    if problems:
-        raise problems[0]
-    assert plan is not None
+    if problems or plan is None:
+        raise problems[0] if problems else RasterReadError(f"{path} could not be planned; check the file")
     return plan

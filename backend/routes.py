@@ -10,6 +10,7 @@ from backend.openapi import build_openapi
 from backend.raster import inspect_raster
 from backend.routing import Request, route
 from backend.runtimes import available_runtimes
+from training.package import TASKS
 
 _STR = {"type": "string"}
 MODEL_INFO = {"type": "object", "properties": {"id": _STR, "source": _STR, "path": _STR, "revision": _STR,
@@ -20,14 +21,19 @@ JOB = {"type": "object", "properties": {
     "progress": {"type": "number"}, "message": _STR, "created": _STR, "updated": _STR,
     "warnings": {"type": "array", "items": _STR}, "error": {"type": "object", "nullable": True},
     "result": {"type": "object", "nullable": True}, "request": {"type": "object"}}}
-JOB_REQUEST = {"type": "object", "required": ["task", "model", "inputs", "output_dir"], "properties": {
-    "task": _STR, "model": _STR,
-    "inputs": {"type": "object", "required": ["raster"], "properties": {"raster": _STR, "raster_after": _STR}},
-    "output_dir": _STR,
-    "options": {"type": "object", "properties": {
-        "tile_size_px": {"type": "integer"}, "tile_overlap_px": {"type": "integer"},
-        "batch_size": {"type": "integer"}, "bands": {"type": "array", "items": {"type": "integer"}},
-        "score_threshold": {"type": "number"}, "nms_iou_threshold": {"type": "number"},
+_ABS = {"type": "string", "minLength": 1, "pattern": "^/", "description": "absolute path on the backend's machine"}
+JOB_REQUEST = {"type": "object", "required": ["task", "model", "inputs", "output_dir"], "additionalProperties": False,
+               "properties": {
+    "task": {"type": "string", "enum": list(TASKS)}, "model": {"type": "string", "minLength": 1},
+    "inputs": {"type": "object", "required": ["raster"], "additionalProperties": False,
+               "properties": {"raster": _ABS, "raster_after": _ABS}},
+    "output_dir": _ABS,
+    "options": {"type": "object", "additionalProperties": False, "properties": {
+        "tile_size_px": {"type": "integer", "minimum": 8}, "tile_overlap_px": {"type": "integer", "minimum": 0},
+        "batch_size": {"type": "integer", "minimum": 1, "maximum": 256},
+        "bands": {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 1},
+        "score_threshold": {"type": "number", "minimum": 0, "maximum": 1},
+        "nms_iou_threshold": {"type": "number", "minimum": 0, "maximum": 1},
         "bbox": {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4},
         "vectorize": {"type": "boolean"}, "allow_gsd_mismatch": {"type": "boolean"},
         "output_name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"},
@@ -65,8 +71,8 @@ def get_model(req: Request) -> dict[str, Any]:
 
 
 @route("POST", "/api/v1/models/{model_id}/check", "Check a raster against a model before running it",
-       request_schema={"type": "object", "required": ["raster"], "properties": {
-           "raster": _STR, "options": {"type": "object"}}},
+       request_schema={"type": "object", "required": ["raster"], "additionalProperties": False, "properties": {
+           "raster": _ABS, "options": JOB_REQUEST["properties"]["options"]}},
        response_schema={"type": "object", "properties": {
            "ok": {"type": "boolean"}, "problems": {"type": "array", "items": _STR},
            "warnings": {"type": "array", "items": _STR}}})
@@ -105,7 +111,8 @@ def _submit(req: Request, job) -> dict[str, Any]:
 
 @route("POST", "/api/v1/jobs/{job_id}/resume", "Resume a job interrupted by a backend crash (dense tasks continue "
        "from their last finished block; other tasks start again)",
-       request_schema={"type": "object", "properties": {"output_dir": _STR}}, response_schema=JOB)
+       request_schema={"type": "object", "additionalProperties": False, "properties": {"output_dir": _ABS}},
+       response_schema=JOB)
 def resume_job(req: Request) -> tuple[int, dict[str, Any]]:
     from backend.tasks import resume_job as _resume
 

@@ -228,6 +228,24 @@ class Handler(BaseHTTPRequestHandler):
         self.close_connection = True
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = lambda self: self._handle()  # noqa: E731
+    # methods no endpoint uses: answered by _handle with 405 (or 404) in the JSON error shape
+    do_OPTIONS = do_TRACE = do_CONNECT = lambda self: self._handle()  # noqa: E731
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The stdlib's own errors (malformed request line, unknown method, oversized headers) in the one
+        JSON error shape instead of its HTML page."""
+        codes = {400: "bad_request", 404: "not_found", 408: "request_timeout", 414: "uri_too_long",
+                 431: "headers_too_large", 501: "method_not_allowed", 505: "http_version_not_supported"}
+        status = 405 if code == 501 else code  # an unknown method on a known server is a 405 to clients
+        self.close_connection = True
+        if not getattr(self, "command", None):
+            self.command = "GET"  # the request line could not be parsed
+        try:
+            self._send(status, {"error": {"code": codes.get(code, "bad_request"),
+                                          "message": f"{message or 'malformed request'}; see GET "
+                                                     "/api/v1/openapi.json for the API"}})
+        except OSError:  # the client is gone
+            pass
 
 
 class Server(ThreadingHTTPServer):

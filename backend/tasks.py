@@ -324,8 +324,10 @@ def resume_job(app, job_id: str, body: Any) -> Job:
     if getattr(app.settings, "state_dir", ""):
         candidates.append(record_path(app, "", job_id))
     if body.get("output_dir") is not None:
-        out = check_output_dir(body["output_dir"])
-        candidates.append(out / RECORDS_DIR / f"{job_id}.json")
+        out = body["output_dir"]
+        if not isinstance(out, str) or not Path(out).is_absolute() or ".." in Path(out).parts:
+            raise BadRequestError(f"output_dir {out!r} must be the absolute path the job was submitted with")
+        candidates.append(Path(out) / RECORDS_DIR / f"{job_id}.json")  # looked up only: nothing is created
     elif known is not None:
         candidates.append(Path(known.request.get("output_dir", "/nonexistent")) / RECORDS_DIR / f"{job_id}.json")
     for rec in candidates:

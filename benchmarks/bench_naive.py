@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -135,7 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         args.out = args.out_dir_child
         return child(args)
 
-    work = SCRATCH / "naive"
+    SCRATCH.mkdir(parents=True, exist_ok=True)
+    # packages and outputs: fresh each run (mosaics are cached in SCRATCH, they only depend on the data)
+    work = Path(tempfile.mkdtemp(prefix="naive-", dir=SCRATCH))
     models_dir, desc = default_package("semantic_segmentation", work, onnx=False, tile_size_px=256,
                                        tile_overlap_px=32, batch_size=4)
     results: dict[tuple[str, int], dict] = {}
@@ -192,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     text = write_section(args.out, "Tiled engine vs naive approaches",
                          command_line("bench_naive.py", sys.argv[1:] if argv is None else argv), "\n".join(body), data=data)
     print(text)
+    shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

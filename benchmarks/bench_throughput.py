@@ -18,7 +18,9 @@ float32 ``torch.mm`` FLOP/s measured in the same run with the same thread count 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -97,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from training.package import load_package
 
-    work = SCRATCH / "throughput"
+    SCRATCH.mkdir(parents=True, exist_ok=True)
+    # packages and outputs: fresh each run (mosaics are cached in SCRATCH, they only depend on the data)
+    work = Path(tempfile.mkdtemp(prefix="throughput-", dir=SCRATCH))
     raster = build_mosaic(SCRATCH / f"mosaic_{args.side}.tif", args.side)
     peak0 = matmul_peak_flops(args.threads)
     rows, notes = [], []
@@ -163,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     text = write_section(args.out, "Throughput per task on a real-tile mosaic",
                          command_line("bench_throughput.py", sys.argv[1:] if argv is None else argv), "\n".join(body), data=data)
     print(text)
+    shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

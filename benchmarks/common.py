@@ -272,7 +272,7 @@ def write_section(path: Path | None, title: str, command: str, body: str, data: 
 def command_line(script: str, argv: Sequence[str]) -> str:
     """The command that reproduces this run, for the report (drops ``--out`` and its value).
 
-    ``OMP_NUM_THREADS`` is part of the command when set: it changes the figures.
+    ``OMP_NUM_THREADS`` and ``OMP_WAIT_POLICY`` are part of the command when set: they change the figures.
     """
     args, skip = [], False
     for a in argv:
@@ -285,5 +285,5 @@ def command_line(script: str, argv: Sequence[str]) -> str:
         if a.startswith("--out="):
             continue
         args.append(a)
-    env = [f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS",) if k in os.environ]
+    env = [f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY") if k in os.environ]
     return " ".join([*env, ".venv/bin/python", f"benchmarks/{script}", *args])

@@ -28,13 +28,17 @@ from common import ROOT, machine_line  # noqa: E402
 BENCH = ROOT / "docs" / "bench"
 PY = ".venv/bin/python"
 
-# (name, env, args full, args quick): ours; each writes docs/bench/<name>.md via --out.
-OURS: list[tuple[str, dict[str, str], list[str], list[str]]] = [
-    ("runtimes", {"OMP_NUM_THREADS": "2"}, ["--rounds", "8", "--threads", "1", "2"],
+# (name, script, env, args full, args quick): ours; each writes docs/bench/<name>.md via --out.
+# runtimes_passive: the same comparison with OpenMP's idle threads sleeping instead of spinning.
+OURS: list[tuple[str, str, dict[str, str], list[str], list[str]]] = [
+    ("runtimes", "bench_runtimes.py", {"OMP_NUM_THREADS": "2"}, ["--rounds", "8", "--threads", "1", "2"],
      ["--rounds", "3", "--threads", "1", "2"]),
-    ("throughput", {"OMP_NUM_THREADS": "1"}, ["--side", "4096", "--threads", "1"],
+    ("runtimes_passive", "bench_runtimes.py", {"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"},
+     ["--rounds", "8", "--threads", "1", "2"], ["--rounds", "3", "--threads", "1", "2"]),
+    ("throughput", "bench_throughput.py", {"OMP_NUM_THREADS": "1"}, ["--side", "4096", "--threads", "1"],
      ["--side", "1024", "--threads", "1"]),
-    ("naive", {"OMP_NUM_THREADS": "1"}, ["--base", "1024", "--scales", "1", "4", "16", "--threads", "1"],
+    ("naive", "bench_naive.py", {"OMP_NUM_THREADS": "1"},
+     ["--base", "1024", "--scales", "1", "4", "16", "--threads", "1"],
      ["--base", "512", "--scales", "1", "4", "16", "--threads", "1"]),
 ]
 
@@ -72,6 +76,7 @@ def summary() -> list[str]:
 
     out = []
     thr, rt, nv = load("throughput"), load("runtimes"), load("naive")
+    rtp = load("runtimes_passive")
 
     def verdict(ok: bool) -> str:
         return "**met**" if ok else "**NOT met**"
@@ -84,7 +89,11 @@ def summary() -> list[str]:
     if rt:
         r = ", ".join(f"{x['threads']} thr: {x['ratio']:.2f}x" for x in rt["results"])
         out.append(f"| onnxruntime / torch eager (same model, same tiles) >= 1.5x | {r} | {verdict(rt['met'])} | "
-                   f"load {rt['machine']['load1']} |")
+                   f"load {rt['machine']['load1']}, default OpenMP wait policy |")
+    if rtp:
+        r = ", ".join(f"{x['threads']} thr: {x['ratio']:.2f}x" for x in rtp["results"])
+        out.append(f"| same, with `OMP_WAIT_POLICY=PASSIVE` (torch threads sleep when idle) | {r} | "
+                   f"{verdict(rtp['met'])} | load {rtp['machine']['load1']} |")
     if nv and "engine_peak_ratio" in nv:
         a, b = nv["scales"]
         out.append(f"| engine peak RSS at {b}x area within 10 % of {a}x | {nv['engine_peak_ratio']:.3f} | "
@@ -127,9 +136,19 @@ def findings() -> list[str]:
                        f"nproc <= 2. Here torch eager took {by[1]['torch_s'] * 1e3:.0f} ms per batch with 1 thread "
                        f"and {by[2]['torch_s'] * 1e3:.0f} ms with 2 (onnxruntime {by[1]['onnx_s'] * 1e3:.0f} vs "
                        f"{by[2]['onnx_s'] * 1e3:.0f} ms), load average {rt['machine']['load1']}: when the cores are "
-                       "busy with other work, extra intra-op threads wait on each other (not measured on an idle machine, where 2 threads may "
-                       "well win). Suggest: keep the default but document "
-                       "`--threads 1` for shared machines (or use `max(1, nproc - 1)` for every nproc).")
+                       "busy with other work, extra intra-op threads busy-wait on each other (not measured on an idle machine).")
+            rtp = json.loads((BENCH / "runtimes_passive.json").read_text()) if (
+                BENCH / "runtimes_passive.json").is_file() else None
+            pby = {r["threads"]: r for r in rtp["results"]} if rtp else {}
+            if 2 in pby:
+                out.append(f"   With `OMP_WAIT_POLICY=PASSIVE` in the environment (OpenMP's idle threads sleep "
+                           f"instead of spinning) torch eager took {pby[1]['torch_s'] * 1e3:.0f} ms (1 thread) and "
+                           f"{pby[2]['torch_s'] * 1e3:.0f} ms (2 threads): **x{by[2]['torch_s'] / pby[2]['torch_s']:.1f} "
+                           "faster at 2 threads** than the default (runs a minute apart, see both tables). Change: "
+                           "set `OMP_WAIT_POLICY=PASSIVE` (when not already set) in the environment of the backend "
+                           "process before torch is imported — `qgis_rsfm/launcher.py` when it starts "
+                           "`python -m backend serve`, and `backend/__main__.py` via `os.environ.setdefault` as the "
+                           "first statement — libgomp reads it once at load time.")
     if rt and all("cl_speedup" in r for r in rt["results"]):
         cl = ", ".join(f"{r['threads']} thr: {r['cl_speedup']:.2f}x (max logit diff {r['cl_max_abs_diff']:.1e})"
                        for r in rt["results"])
@@ -138,6 +157,12 @@ def findings() -> list[str]:
                    "alternation. If it is > 1, add `self.model = self.model.to(memory_format=torch.channels_last)` "
                    "in `TorchRuntime.__init__` and `.contiguous(memory_format=torch.channels_last)` on the 4-D "
                    "inputs in `__call__` (CPU only; onnxruntime stays the faster choice where it applies).")
+    if rt and all("nospin_speedup" in r for r in rt["results"]):
+        ns = ", ".join(f"{r['threads']} thr: {r['nospin_speedup']:.2f}x" for r in rt["results"])
+        out.append(f"2c. **onnxruntime thread spinning.** A patched copy of `OnnxRuntime` with "
+                   f"`opts.add_session_config_entry(\"session.intra_op.allow_spinning\", \"0\")` measured {ns} "
+                   "against the backend's onnx runtime (same batch, same alternation). If > 1 at the thread count "
+                   "used, add that line in `OnnxRuntime.__init__`.")
     nv = json.loads((BENCH / "naive.json").read_text()) if (BENCH / "naive.json").is_file() else None
     if nv:
         res = {(r.get("approach"), r.get("scale")): r for r in nv["results"] if "error" not in r}
@@ -145,14 +170,14 @@ def findings() -> list[str]:
                f"x{res[('engine', sc)]['child_peak_rss_mib'] / res[('naive-tiles', sc)]['child_peak_rss_mib']:.2f}"
                for sc in sorted({k[1] for k in res}) if ("engine", sc) in res and ("naive-tiles", sc) in res]
         if cmp:
-            out.append("4. **Engine vs naive tiling, same tiles and model** (engine / naive-tiles): "
+            out.append("3. **Engine vs naive tiling, same tiles and model** (engine / naive-tiles): "
                        + "; ".join(cmp) + ". Where the engine is slower, the causes it pays for are: tiles "
                        "recomputed in block halos (`tiles run / grid` in docs/bench/engine.md), the GeoTIFF "
                        "overviews, colour table and QML it writes, and its reader/writer threads competing for "
                        "2 busy cores. In exchange its memory stays bounded while naive tiling holds the whole "
                        "raster and a K x H x W float32 accumulator (and a whole-image forward fails outright "
                        "at 16x, see the table).")
-    out.append("3. **Post-processing** has no per-pixel Python loops: blending is one numpy slice-add per tile "
+    out.append("4. **Post-processing** has no per-pixel Python loops: blending is one numpy slice-add per tile "
                "(`engine.predict_block`), the class map one `argmax` per block. The engine's own cost shows as "
                "the gap between `job` and `model-only` utilisation above (reads, normalising, blending, "
                "writing) plus the tiles recomputed in overlaps and block halos (`kFLOP / output px` vs "
@@ -189,10 +214,14 @@ def assemble(quick: bool, timings: list[str]) -> Path:
              "compare ratios measured in the same run rather than absolute times across sections.\n",
              "## Targets (issue \"Performance\")\n",
              "| target | measured | verdict | conditions |", "|---|---|---|---|", *summary(), ""]
-    for name in ("throughput", "runtimes", "naive"):
+    for name in ("throughput", "runtimes", "runtimes_passive", "naive"):
         p = BENCH / f"{name}.md"
         if p.is_file():
-            parts.append(p.read_text(encoding="utf-8"))
+            text = p.read_text(encoding="utf-8")
+            if name == "runtimes_passive":
+                text = text.replace("## onnxruntime vs torch eager (CPU)",
+                                    "## onnxruntime vs torch eager (CPU), OMP_WAIT_POLICY=PASSIVE", 1)
+            parts.append(text)
     parts += findings()
     parts.append("## Sections by the other engineers\n")
     for name in EMBED:
@@ -217,19 +246,19 @@ def assemble(quick: bool, timings: list[str]) -> Path:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small rasters and few rounds (~3 min)")
-    p.add_argument("--only", nargs="*", choices=[n for n, *_ in OURS], help="run only these of our benchmarks")
+    p.add_argument("--only", nargs="*", choices=[n[0] for n in OURS], help="run only these of our benchmarks")
     p.add_argument("--others", choices=["embed", "run"], default="embed",
                    help="embed the other engineers' existing sections (default) or re-run their scripts first")
     p.add_argument("--assemble-only", action="store_true", help="only rebuild docs/BENCHMARKS.md")
     args = p.parse_args(argv)
     timings, failed = [], []
     if not args.assemble_only:
-        for name, env, full, quick in OURS:
+        for name, script, env, full, quick in OURS:
             if args.only and name not in args.only:
                 continue
             a = (quick if args.quick else full) + ["--out", f"docs/bench/{name}.md"]
-            rc, secs = run(env, f"bench_{name}.py", a)
-            timings.append(f"- `{shell_line(env, f'bench_{name}.py', a)}`: exit {rc}, {secs:.0f} s")
+            rc, secs = run(env, script, a)
+            timings.append(f"- `{shell_line(env, script, a)}`: exit {rc}, {secs:.0f} s")
             if rc:
                 failed.append(name)
         if args.others == "run":

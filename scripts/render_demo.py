@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from qgis.core import (
+    Qgis,
     QgsApplication,
     QgsMapRendererParallelJob,
     QgsMapSettings,
@@ -27,10 +28,9 @@ from qgis.PyQt.QtGui import QColor
 def main(out_dir: str) -> int:
     out = Path(out_dir)
     summary = json.loads((out / "demo.json").read_text())
-    app = QgsApplication([], False)
-    app.initQgis()
+    layers: list = []
+    source = job = settings = None
     try:
-        layers = []
         source = QgsRasterLayer(summary["input"], "input")
         if not source.isValid():
             print(f"cannot open {summary['input']} in QGIS", file=sys.stderr)
@@ -66,11 +66,18 @@ def main(out_dir: str) -> int:
         job.waitForFinished()
         png = out / "demo_map.png"
         job.renderedImage().save(str(png), "PNG")
-        print(f"rendered with QGIS {app.applicationVersion() or ''}: {png}")
+        print(f"rendered with QGIS {Qgis.QGIS_VERSION}: {png}")
         return 0
     finally:
-        app.exitQgis()
+        # layers must die before the providers are unloaded, or QGIS crashes on exit
+        layers.clear()
+        source = job = settings = None  # noqa: F841
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1] if len(sys.argv) > 1 else "demo-output"))
+    # The application must outlive every layer and be torn down at module level, or PyQGIS crashes on exit.
+    _APP = QgsApplication([], False)
+    _APP.initQgis()
+    code = main(sys.argv[1] if len(sys.argv) > 1 else "demo-output")
+    _APP.exitQgis()
+    raise SystemExit(code)

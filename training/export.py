@@ -40,6 +40,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=True, help="also write model.onnx")
     p.add_argument("--onnx-tolerance", type=float, default=1e-3, help="max relative error to accept the ONNX graph")
     p.add_argument("--card-extra", default=None, help="markdown file appended to the card")
+    p.add_argument("--colors", default=None,
+                   help="display colours 'Name=#RRGGBB,...' (default: the training masks' colours)")
+
+
+def _parse_colors(spec: str | None, class_names: list[str]) -> dict[str, str]:
+    """``'Water=#2B83BA,Road=#FDAE61'`` -> ``{"Water": "#2B83BA", ...}``; unknown class names are refused."""
+    if not spec:
+        return {}
+    colors = {}
+    for item in spec.split(","):
+        name, _, color = item.partition("=")
+        if name.strip() not in class_names:
+            raise ValueError(f"--colors names class {name.strip()!r}; classes are {class_names}")
+        colors[name.strip()] = color.strip()
+    return colors
 
 
 def _compact_metrics(metrics: dict) -> dict[str, Any]:
@@ -113,9 +128,9 @@ def build_card(config, meta: dict, metrics: dict, source: str, onnx_note: str, g
     ]
     if history:
         last = history[-1]
-        best = max(history, key=lambda r: next((v for k, v in r.items() if k.startswith("val_") and k != "val_OA"), 0))
-        lines += ["", f"Ran {last['step']} steps / {last['epoch']} epochs in {last['elapsed_min']} min wall time; "
-                      f"best validation epoch {best['epoch']} ({', '.join(f'{k} {v}' for k, v in best.items() if k.startswith('val_'))})."]
+        vals = ", ".join(f"{k} {v}" for k, v in last.items() if k.startswith("val_") and k != "val_s")
+        lines += ["", f"This checkpoint: step {last['step']}, epoch {last['epoch']}, {last['elapsed_min']} min of "
+                      f"wall time into the run; validation {vals}."]
     lines += ["", "## Held-back metrics", ""]
     if metrics:
         lines.append(f"Split: {metrics.get('split', 'n/a')} ({metrics.get('images', '?')} images), sliding window "
@@ -131,7 +146,7 @@ def build_card(config, meta: dict, metrics: dict, source: str, onnx_note: str, g
             lines += ["", "| class | " + " | ".join(fields) + " | support (px) |", "|---|" + "---|" * (len(fields) + 1)]
             for n, v in per.items():
                 lines.append(f"| {n} | " + " | ".join(_pct(v[f]) for f in fields) + f" | {v.get('support', '')} |")
-        lines += ["", "(percent; n/a = class absent from the split and never predicted)"]
+        lines += ["", "(percent; n/a = undefined: no pixel of the class predicted (precision) or present and predicted (IoU))"]
     else:
         lines.append("Not evaluated on held-back data.")
     lines += ["", "## ONNX", "", onnx_note, "", "## Limitations", "",
@@ -148,10 +163,11 @@ def run(args: argparse.Namespace) -> int:
     from training.models import create_model
     from training.package import ClassInfo, PackageConfig, load_package, save_package
 
-    ck = torch.load(args.checkpoint, map_location="cpu", weights_only=False)  # a checkpoint rsfm-train wrote
+    ck = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
     if "meta" not in ck:
         raise ValueError(f"{args.checkpoint} is not an rsfm-train finetune checkpoint (no 'meta')")
     meta = ck["meta"]
+    colors = _parse_colors(args.colors, [c["name"] for c in meta["classes"]])
     model = create_model(meta["architecture"], **meta["architecture_kwargs"])
     model.load_state_dict(ck["model"], strict=True)
     model = model.eval().to(memory_format=torch.contiguous_format)
@@ -168,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
                                       f"{meta['architecture_kwargs'].get('backbone')})."
     config = PackageConfig(
         name=name, task=task, architecture=meta["architecture"], architecture_kwargs=meta["architecture_kwargs"],
-        classes=[ClassInfo(c["name"], c["color"]) for c in meta["classes"]], bands=meta["bands"],
+        classes=[ClassInfo(c["name"], colors.get(c["name"], c["color"])) for c in meta["classes"]], bands=meta["bands"],
         input_dtype=meta["input_dtype"], mean=meta["mean"], std=meta["std"], gsd_m=args.gsd_m, gsd_range_m=gsd_range,
         tile_size_px=tile, tile_overlap_px=overlap, batch_size=args.batch_size, ignore_index=meta["ignore_index"],
         licence=args.licence, training_data=training_data, metrics=_compact_metrics(metrics),
@@ -181,14 +197,16 @@ def run(args: argparse.Namespace) -> int:
 
         c = len(config.bands)
         torch.manual_seed(0)
-        x = torch.randn(1, c, tile, tile)
-        inputs = (x, torch.randn(1, c, tile, tile)) if task == "change_detection" else (x,)
+        # batch 2 and a dynamic batch axis: the backend runs tiles in batches of ``batch_size``
+        x = torch.randn(2, c, tile, tile)
+        inputs = (x, torch.randn(2, c, tile, tile)) if task == "change_detection" else (x,)
         names = ["image_before", "image_after"] if task == "change_detection" else ["image"]
-        path = export_onnx(model, inputs, out / "model.onnx", names, [TASK_OUTPUT[task]])
+        dynamic = {n: {0: "batch"} for n in [*names, TASK_OUTPUT[task]]}
+        path = export_onnx(model, inputs, out / "model.onnx", names, [TASK_OUTPUT[task]], dynamic_axes=dynamic)
         err = onnx_max_rel_error(model, path, inputs)
         if err <= args.onnx_tolerance:
             config.onnx = "model.onnx"
-            onnx_note = (f"`model.onnx`: opset 17, static input `1 x {c} x {tile} x {tile}` (float32, normalised), "
+            onnx_note = (f"`model.onnx`: opset 17, input `batch x {c} x {tile} x {tile}` (float32, normalised; dynamic batch), "
                          f"output `{TASK_OUTPUT[task]}`. Max relative error against PyTorch on a random input: "
                          f"{err:.2e} (tolerance {args.onnx_tolerance:g}).")
         else:

@@ -149,11 +149,19 @@ class PackageConfig:
         _atomic_write_text(Path(path) / CONFIG_NAME, json.dumps(self.to_dict(), indent=2) + "\n")
 
 
+def _umask_mode() -> int:
+    """Mode a plain ``open()`` would give a new file (mkstemp's 0600 is too strict for shared packages)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
+    os.chmod(tmp, _umask_mode())
     os.replace(tmp, path)
 
 
@@ -177,6 +185,7 @@ def save_package(model, config: PackageConfig, out_dir: str | os.PathLike, card:
     fd, tmp = tempfile.mkstemp(dir=out, prefix=".weights.")
     os.close(fd)
     save_file(state, tmp, metadata={"format": "pt", "rsfm_name": config.name})
+    os.chmod(tmp, _umask_mode())
     os.replace(tmp, out / config.weights)
     config.save(out)
     _atomic_write_text(out / CARD_NAME, card if card is not None else default_card(config))

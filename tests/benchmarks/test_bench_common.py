@@ -90,3 +90,32 @@ def test_summary_reads_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     rows = run_all.summary()
     assert any("1 thr: 2.00x" in r and "**met**" in r for r in rows)
     assert any("1.200" in r and "**NOT met**" in r for r in rows)
+
+
+def _fake_dubai(root: Path, n: int = 4, side: int = 256) -> Path:
+    """A stand-in for /work/shared/data/dubai_seg: ``n`` random RGB images (GeoTIFF content, .jpg names)."""
+    import rasterio
+
+    imgs = root / "dubai_seg" / "Tile 1" / "images"
+    imgs.mkdir(parents=True)
+    rng = np.random.default_rng(2)
+    for i in range(n):
+        with rasterio.open(imgs / f"image_part_{i}.jpg", "w", driver="GTiff", width=side, height=side, count=3,
+                           dtype="uint8") as dst:
+            dst.write(rng.integers(0, 255, (3, side, side), dtype=np.uint8))
+    return root
+
+
+def test_bench_runtimes_writes_section_with_parity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import bench_runtimes
+
+    monkeypatch.setattr(common, "DATA", _fake_dubai(tmp_path / "data", side=64))
+    out = tmp_path / "runtimes.md"
+    assert bench_runtimes.main(["--rounds", "1", "--threads", "1", "--batch", "2", "--tile", "64",
+                                "--out", str(out)]) == 0
+    data = json.loads(out.with_suffix(".json").read_text())
+    (r,) = data["results"]
+    assert r["max_abs_diff"] < 1e-3 and r["argmax_agree"] == 1.0  # onnx graph computes what torch computes
+    assert r["cl_max_abs_diff"] < 1e-3
+    text = out.read_text()
+    assert "Command: `" in text and "bench_runtimes.py --rounds 1" in text and "nproc" in text

@@ -1,11 +1,11 @@
 """Loopback Hub for the plugin's model-browser tests; runs in the backend venv (it needs torch and
 huggingface_hub, which QGIS's Python must not import).
 
-    python tests/qgis/hub_seed.py ROOT_DIR PACKAGE_DIR
+    python tests/qgis/hub_seed.py ROOT_DIR PACKAGE_DIR [--no-slow]
 
 Starts :class:`tests.hubserver.HubServer` on 127.0.0.1, pushes PACKAGE_DIR twice with
 ``training.hub.push_package`` (``rsfm/seg-hub``, and ``rsfm/seg-hub-slow`` whose file downloads are held back
-``SLOW_S`` seconds each so a test can cancel an install mid-way), prints one JSON ready line
+``SLOW_S`` seconds each so a test can cancel an install mid-way; left out with ``--no-slow``), prints one JSON ready line
 ``{"event": "ready", "url", "repos": {repo_id: commit}}`` and serves until its stdin closes.
 """
 
@@ -25,7 +25,7 @@ SLOW_S = 1.5
 FAST_REPO, SLOW_REPO = "rsfm/seg-hub", "rsfm/seg-hub-slow"
 
 
-def main(root_dir: str, package_dir: str) -> None:
+def main(root_dir: str, package_dir: str, slow: bool = True) -> None:
     from tests.hubserver import DEFAULT_TOKEN, HubServer
     from tests.hubserver import server as hubserver_module
     from training.hub import push_package
@@ -41,11 +41,12 @@ def main(root_dir: str, package_dir: str) -> None:
     hub = HubServer(root_dir)
     hub._httpd.RequestHandlerClass = SlowHandler
     hub.start()
-    repos = {r: push_package(package_dir, r, token=DEFAULT_TOKEN, endpoint=hub.url) for r in (FAST_REPO, SLOW_REPO)}
+    names = (FAST_REPO, SLOW_REPO) if slow else (FAST_REPO,)
+    repos = {r: push_package(package_dir, r, token=DEFAULT_TOKEN, endpoint=hub.url) for r in names}
     print(json.dumps({"event": "ready", "url": hub.url, "repos": repos}), flush=True)
     sys.stdin.read()  # serve until the test closes our stdin (or dies)
     hub.stop()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2], slow="--no-slow" not in sys.argv[3:])

@@ -95,3 +95,38 @@ def test_journal_from_other_settings_is_discarded(tmp_path):
     assert np.array_equal(j.load(3), np.full((4, 5), 2, np.uint8))
     assert BlockJournal(tmp_path / ".j", {"params": [64, 8]}).done() == []  # another tiling: start again
     assert not list((tmp_path / ".j").glob("*.part"))
+
+
+def test_resume_from_state_dir_record(rfx, tmp_path):
+    """With --state-dir the record lives there and resume needs no output_dir (record as a crash leaves it)."""
+    import json
+    import secrets as _secrets
+
+    from conftest import Api
+
+    from backend.server import App, serve_in_thread
+    from backend.settings import Settings
+
+    state = tmp_path / "state"
+    settings = Settings.resolve({"models_dir": [str(rfx["models"])], "threads": 1, "device": "cpu",
+                                 "state_dir": str(state)}, env={})
+    app = App(settings, _secrets.token_urlsafe(24))
+    server, _ = serve_in_thread(app, "127.0.0.1", 0)
+    api = Api(*server.server_address[:2], app._token.decode(), app)
+    try:
+        jid = "ab" * 16
+        state.mkdir()
+        req = seg_job(rfx["seg_id"], rfx["rgb"], tmp_path / "o", output_name="lc", vectorize=False)
+        (state / f"{jid}.json").write_text(json.dumps({"id": jid, "request": req}))
+        status, job = api.post(f"/api/v1/jobs/{jid}/resume", None)
+        assert status == 202 and job["id"] == jid, job
+        job = api.wait(jid)
+        assert job["state"] == "succeeded", job
+        assert _visible(tmp_path / "o") == ["lc.qml", "lc.tif"]
+        assert list(state.iterdir()) == []  # the record is gone once the job ended
+        status, body = api.post(f"/api/v1/jobs/{jid}/resume", None)
+        assert_error(status, body, 404, "job_not_found")
+    finally:
+        server.shutdown()
+        server.server_close()
+        app.jobs.shutdown()

@@ -50,7 +50,6 @@ def test_upernet_rejects_bad_arguments():
         create_model("upernet_segmenter", backbone="no_such_backbone", num_classes=3)
 
 
-@pytest.mark.slow  # the TorchScript exporter traces the whole network (~20 s on a busy 2-core CPU)
 def test_upernet_exports_to_onnx_with_parity(tmp_path):
     from training.onnx_export import export_onnx, onnx_max_rel_error
 

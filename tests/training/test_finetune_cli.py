@@ -18,7 +18,6 @@ def _log(path):
     return [json.loads(line) for line in (path / "log.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.slow  # ~1 min on a quiet 2-core CPU: 20 steps, resume, ONNX export, two evaluations
 def test_segmentation_finetune_export_evaluate(tmp_path):
     data = write_color_masks(tmp_path / "seg", groups=3, per_group=2, size=48)
     run = tmp_path / "run"
@@ -78,7 +77,7 @@ def test_scene_classification_finetune_and_label_fraction(tmp_path):
     assert "OA" in ck["val_metrics"] and len(ck["val_metrics"]["per_class"]) == 3
 
 
-@pytest.mark.parametrize("kind", [pytest.param("levir_cd", marks=pytest.mark.slow), "oscd"])
+@pytest.mark.parametrize("kind", ["levir_cd", "oscd"])
 def test_change_detection_finetune_and_export(tmp_path, kind):
     data = write_levir(tmp_path / "cd") if kind == "levir_cd" else write_oscd(tmp_path / "cd")
     run = tmp_path / "run"
