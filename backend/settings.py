@@ -39,7 +39,8 @@ SETTINGS: tuple[Setting, ...] = (
             choices=("auto", "torch", "onnx")),
     Setting("state_dir", "", "folder where job requests are recorded so a job interrupted by a crash can be "
             "resumed (POST /jobs/{id}/resume); empty: <output_dir>/.rsfm-jobs of each job"),
-    Setting("threads", _default_threads(), "intra-op threads for torch / onnxruntime", int),
+    Setting("threads", _default_threads(), "intra-op threads for torch / onnxruntime per worker (default: the "
+            "CPU count, less one on machines with more than 2, divided among the workers)", int),
     Setting("workers", 1, "jobs that run at the same time (each uses `threads` threads)", int),
     Setting("queue_size", 16, "jobs that may wait; more are refused with 503 queue_full", int),
     Setting("max_body_bytes", 1_048_576, "largest request body accepted (413 above)", int),
@@ -105,6 +106,9 @@ class Settings:
             if s.type is int and not s.repeatable and s.name != "port" and val < 1:
                 raise ValueError(f"setting {s.name} must be >= 1, got {val}")
             values[s.name] = val
+        # threads left at its default: share the machine's cores among the workers (no oversubscription)
+        if env.get("RSFM_THREADS") in (None, "") and cli.get("threads") is None and values["workers"] > 1:
+            values["threads"] = max(1, _default_threads() // values["workers"])
         # RSFM_MODELS_PATH is the documented name for extra model folders.
         extra = env.get("RSFM_MODELS_PATH")
         if extra:

@@ -23,7 +23,11 @@ def test_health_and_models_reach_every_page(dock, fixtures_index):
     assert dock.health["status"] == "ok"
     assert "models" in dock.health_label.text()
     for task, page in dock.pages.items():
-        assert len(page.models) == (1 if task in fixtures_index["models"] else 0), task
+        # one fixture per task (plus any package bundled in resources/models, served by every backend)
+        fixtures = [m for m in page.models if m.id.startswith("rsfm-fixture-")]
+        assert len(fixtures) == (1 if task in fixtures_index["models"] else 0), task
+        assert all(m.task == task for m in page.models)
+        assert {m.id for m in page.models} == {m.id for m in dock.models if m.task == task}
     dock.poll_health()  # the periodic check runs off the main thread and reports back through a signal
     assert dock._polling
     assert wait_for(lambda: not dock._polling, 30)
@@ -86,7 +90,7 @@ def test_one_band_layer_hides_three_band_models_with_reason(dock, project, raste
     assert page.model_box.count() == 0 and not page.run_button.isEnabled()
     assert "fits this layer" in page.fit_label.text()
     page.show_all.setChecked(True)
-    assert page.model_box.count() == 1
+    assert page.model_box.count() == len(page.models) >= 1  # every segmentation model needs 3 bands
     assert "needs 3 bands" in page.fit_label.text() and not page.run_button.isEnabled()
     page.show_all.setChecked(False)
 
@@ -130,7 +134,9 @@ def test_model_browser_shows_cards_and_fitness(dock, project, rasters):
     dlg = ModelBrowserDialog(dock.models, dock.iface)
     assert dlg.list.count() == len(dock.models) >= 1
     dlg.task_combo.setCurrentIndex(dlg.task_combo.findData("semantic_segmentation"))
-    assert dlg.list.count() == 1
+    assert dlg.list.count() == len([m for m in dock.models if m.task == "semantic_segmentation"])
+    dlg.list.setCurrentRow(next(i for i in range(dlg.list.count())
+                                if "rsfm-fixture-semantic-segmentation" in dlg.list.item(i).text()))
     html = dlg.card.toHtml()
     assert "rsfm-fixture-semantic-segmentation" in html and "building" in html and "CC0-1.0" in html
     dlg.layer_box.setLayer(one)

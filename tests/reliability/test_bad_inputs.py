@@ -12,7 +12,7 @@ import numpy as np
 import pyogrio
 import pytest
 import rasterio
-from conftest import assert_error, mf, seg_job, start_backend
+from rel_helpers import assert_error, mf, seg_job, start_backend
 
 from backend.tasks import NO_VALID_PIXELS
 

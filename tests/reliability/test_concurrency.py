@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import rasterio
-from conftest import assert_error, seg_job
+from rel_helpers import assert_error, seg_job
 
 from backend.runtimes import Runtime
 
@@ -82,10 +82,10 @@ class _Gate(Runtime):
 
 
 def test_bounded_queue_answers_503_when_full(rfx, tmp_path):
+    from rel_helpers import Api as sys_path_api
+
     from backend.server import App, serve_in_thread
     from backend.settings import Settings
-
-    sys_path_api = __import__("conftest").Api
     settings = Settings.resolve({"models_dir": [str(rfx["models"])], "threads": 1, "device": "cpu",
                                  "workers": 1, "queue_size": 1, "runtime": "torch"}, env={})
     app = App(settings, secrets.token_urlsafe(24))

@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import rasterio
-from conftest import SEG, assert_error, seg_job, start_backend
+from rel_helpers import SEG, assert_error, seg_job, start_backend
 
 
 def _visible(d):
@@ -102,7 +102,7 @@ def test_resume_from_state_dir_record(rfx, tmp_path):
     import json
     import secrets as _secrets
 
-    from conftest import Api
+    from rel_helpers import Api
 
     from backend.server import App, serve_in_thread
     from backend.settings import Settings

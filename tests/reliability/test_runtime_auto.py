@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from conftest import assert_error, seg_job
+from rel_helpers import assert_error, seg_job
 
 from backend.models import ModelRegistry
 from backend.settings import Settings
@@ -45,3 +45,15 @@ def test_auto_falls_back_when_the_graph_file_is_missing(rfx, tmp_path):
     assert auto_runtime(entry) == "onnx"
     (pkg / "model.onnx").unlink()
     assert auto_runtime(entry) == "torch"
+
+
+def test_threads_sized_to_the_machine(monkeypatch):
+    import backend.settings as bs
+
+    monkeypatch.setattr(bs.os, "cpu_count", lambda: 16)
+    assert bs._default_threads() == 15  # one core left for the HTTP server and the writer thread
+    assert Settings.resolve({"workers": 3}, env={}).threads == 5  # shared among the workers
+    assert Settings.resolve({"workers": 3, "threads": 8}, env={}).threads == 8  # an explicit value wins
+    assert Settings.resolve({"workers": 3}, env={"RSFM_THREADS": "2"}).threads == 2
+    monkeypatch.setattr(bs.os, "cpu_count", lambda: 2)
+    assert Settings.resolve({}, env={}).threads == 2 and Settings.resolve({"workers": 4}, env={}).threads == 1

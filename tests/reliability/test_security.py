@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, assert_error, seg_job, start_backend
+from rel_helpers import REPO, assert_error, seg_job, start_backend
 
 
 def test_tokens_never_reach_the_logs(rfx, tmp_path):

@@ -237,13 +237,14 @@ def test_export_package_and_backend_contract(trained, coco_root, tmp_path):
 
     from backend.jobs import Job, JobContext
     from backend.models import ModelRegistry
+    from backend.runtimes import RuntimeCache
     from backend.settings import Settings
     from backend.tasks import build_spec, run_spec
 
     img = np.asarray(Image.open(coco_root / "images" / "008.png")).transpose(2, 0, 1)
     raster = write_fixture_raster(tmp_path / "scene.tif", width=SIZE, height=SIZE, data=img, gsd_m=1.0)
     app = SimpleNamespace(models=ModelRegistry([tmp_path], include_bundled=False),
-                          settings=Settings.resolve({}, env={}), device="cpu")  # fmt: skip
+                          settings=Settings.resolve({}, env={}), device="cpu", runtimes=RuntimeCache())  # fmt: skip
     spec = build_spec(app, {"task": "object_detection", "model": "pkg", "inputs": {"raster": str(raster)},
                             "output_dir": str(tmp_path / "out"), "options": {"score_threshold": 0.0}})  # fmt: skip
     result = run_spec(app, spec, JobContext(Job(task=spec.task, model=spec.entry.id, runner=lambda c: {})))
