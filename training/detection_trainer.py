@@ -1,5 +1,6 @@
 """Detection finetuning: ``object_detection`` (Faster R-CNN), ``rotated_detection`` (Oriented R-CNN) and
-``instance_segmentation`` (Mask R-CNN) on a COCO-format dataset (e.g. NWPU VHR-10), or DOTA for rotated boxes.
+``instance_segmentation`` (Mask R-CNN) on a COCO-format dataset (e.g. NWPU VHR-10; rotated boxes are the
+minimum-area rectangles of the polygons).
 
 Three entry points, each ``add_*_arguments(parser)`` + ``run_*(args) -> int`` (the ``rsfm-train`` stage style):
 
@@ -128,10 +129,7 @@ def _compose(steps: Sequence[Callable]) -> Callable:
 
 
 def _base_dataset(args: argparse.Namespace):
-    if getattr(args, "dataset", "coco") == "dota":
-        from training.data.dota import DotaDataset  # type: ignore[attr-defined]
-
-        return DotaDataset(args.data)
+    """The COCO reader over the whole folder (splits are file-number ranges, see :func:`build_split`)."""
     from training.data.coco import CocoDetection
 
     return CocoDetection(args.data, split="all", ann_file=getattr(args, "ann_file", None))
@@ -325,6 +323,18 @@ def add_detection_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-range", default="471-520", help="held-back test numbers (never used in training)")
 
 
+def _fill_defaults(args: argparse.Namespace, register: Callable[[argparse.ArgumentParser], None]) -> None:
+    """Give ``args`` every option of ``register``'s parser it lacks, at its default.
+
+    Lets ``rsfm-train finetune`` / ``evaluate`` hand their own namespace over for detection tasks.
+    """
+    p = argparse.ArgumentParser(add_help=False)
+    register(p)
+    for a in p._actions:
+        if a.dest != "help" and not hasattr(args, a.dest):
+            setattr(args, a.dest, a.default)
+
+
 def _lr_factor(step: int, elapsed_s: float, args: argparse.Namespace) -> float:
     """Linear warm-up, then cosine to 0 over ``max(step / max_steps, elapsed / budget)``."""
     if step < args.warmup_steps:
@@ -360,6 +370,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from training.models import create_model
 
+    _fill_defaults(args, add_arguments)
     if args.task not in DETECTION_TASKS:
         raise ValueError(f"task {args.task!r} is not a detection task; choose one of {list(DETECTION_TASKS)}")
     if args.threads:
@@ -566,6 +577,7 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """Print (and with ``--out`` write) the metrics of a detector on a split."""
+    _fill_defaults(args, add_evaluate_arguments)
     if args.threads:
         torch.set_num_threads(args.threads)
     info, model = load_detector(args.model)
@@ -687,6 +699,7 @@ def build_card(config, meta: dict, metrics: dict, history: list[dict], thr_note:
 
 def run_export(args: argparse.Namespace) -> int:
     """Write the package, choosing the score threshold on validation; read it back before returning."""
+    _fill_defaults(args, add_export_arguments)
     from training.package import ClassInfo, PackageConfig, load_package, save_package
 
     if args.threads:

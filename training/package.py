@@ -215,17 +215,17 @@ def load_package(path: str | os.PathLike, device: str = "cpu"):
         model = build_model(config)
     except (KeyError, TypeError) as exc:
         raise PackageError(f"model package {config.name!r}: cannot build architecture: {exc}") from None
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # same names, wrong shapes
+        raise PackageError(f"weights in {wpath} have wrong shapes for {config.architecture!r} "
+                           f"(re-export the package): {exc}") from None
     if result.missing_keys or result.unexpected_keys:
         raise PackageError(
-            f"weights in {wpath.name} do not match architecture {config.architecture!r}: "
+            f"weights in {wpath} do not match architecture {config.architecture!r} (re-export the package): "
             f"{len(result.missing_keys)} missing (e.g. {result.missing_keys[:3]}), "
             f"{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[:3]})"
         )
-    try:
-        model.load_state_dict(state, strict=True)  # also checks shapes
-    except RuntimeError as exc:
-        raise PackageError(f"weights in {wpath.name} have wrong shapes for {config.architecture!r}: {exc}") from None
     return config, model.to(device).eval()
 
 

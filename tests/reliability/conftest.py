@@ -11,7 +11,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from rel_helpers import SEG, Api, mf  # noqa: E402
+# assert_error: tests/backend's modules do ``from conftest import assert_error``, and in a run of both folders
+# "conftest" may be this file, so it offers the same name
+from rel_helpers import SEG, Api, assert_error, mf  # noqa: E402, F401
 
 from backend.server import App, serve_in_thread  # noqa: E402
 from backend.settings import Settings  # noqa: E402
