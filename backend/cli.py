@@ -24,6 +24,10 @@ from pathlib import Path
 from backend import API_VERSION, __version__
 from backend.settings import SETTINGS, Settings
 
+# OpenMP threads that spin while idle make torch up to 2.8x slower when QGIS or anything else shares the
+# cores (docs/BENCHMARKS.md). Must be set before torch is first imported (runtimes import it lazily).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 
 class TokenError(SystemExit):
     pass

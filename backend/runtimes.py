@@ -80,13 +80,22 @@ class TorchRuntime(Runtime):
                                     "(classes, architecture_kwargs); re-export it (python -m training.cli export) "
                                     "or re-download it") from None
         self._lock = threading.Lock()  # one forward at a time per loaded model (jobs may share it)
+        # Dense CNN graphs run 1.3-1.4x faster in channels-last on CPU (docs/BENCHMARKS.md); detection heads
+        # reshape feature maps with .view(), so they keep the default layout.
+        self.memory_format = (torch.channels_last if entry.config.task in _DENSE_TASKS
+                              else torch.contiguous_format)
+        self.model = self.model.to(memory_format=self.memory_format)
 
     def __call__(self, *inputs: np.ndarray) -> Any:
         import torch
 
-        tensors = [torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device) for x in inputs]
+        tensors = [torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
+                   .contiguous(memory_format=self.memory_format) for x in inputs]
         with self._lock, torch.inference_mode():
             return _to_numpy(self.model(*tensors))
+
+
+_DENSE_TASKS = ("semantic_segmentation", "scene_classification", "change_detection")
 
 
 @register_runtime("onnx")
@@ -106,6 +115,9 @@ class OnnxRuntime(Runtime):
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = max(1, threads)
         opts.inter_op_num_threads = 1
+        # Idle worker threads must sleep, not spin: on a laptop shared with QGIS spinning costs up to 1.3x
+        # (docs/BENCHMARKS.md, "runtimes").
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ["CPUExecutionProvider"]
         if resolve_device(device).startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")

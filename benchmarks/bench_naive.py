@@ -142,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="naive-", dir=SCRATCH))
     models_dir, desc = default_package("semantic_segmentation", work, onnx=False, tile_size_px=256,
                                        tile_overlap_px=32, batch_size=4)
+    from backend.models import ModelRegistry
+
+    cfg = [e for e in ModelRegistry([models_dir], include_bundled=False).list()
+           if e.config.task == "semantic_segmentation"][0].config
     results: dict[tuple[str, int], dict] = {}
     for scale in args.scales:
         side = int(round(args.base * scale ** 0.5))
@@ -171,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append([f"{scale}x", f"{r['side']}²", approach, r["wall_s"], rel_t, r["child_peak_rss_mib"],
                          f"{r['child_peak_rss_mib'] - r['rss_after_model_mib']:.0f} (x{rel_m} of engine peak)",
                          r["load1"]])
-    body = [f"Model: {desc}, torch eager, {args.threads} thread(s); tile 256, overlap 32, batch 4; engine block "
+    body = [f"Model: {desc}, torch eager, {args.threads} thread(s); tile / overlap / batch {cfg.tile_size_px} / "
+            f"{cfg.tile_overlap_px} / {cfg.batch_size} (the package's); engine block "
             f"{args.block_size} px; naive children capped at {args.mem_limit_mib} MiB address space. Rasters: "
             "mosaics of real Dubai tiles. `time / engine` > 1 means slower than the engine. The engine's job also "
             "writes GeoTIFF overviews, the colour table and the QML style; the naive ones write a plain tiled "

@@ -70,7 +70,7 @@ def run_task(task: str, models_dir: Path, raster: Path, out: Path, threads: int,
     run_spec(app, spec, JobContext(Job(task=task, model=entry.id, runner=lambda c: {})), model=model)
     wall = time.perf_counter() - t0
     return {"task": task, "runtime": spec.runtime, "wall_s": wall, "mpx_s": h * w / wall / 1e6, "pixels": h * w,
-            "tiles": tiles, "tile": t, "batch": spec.params.batch_size, "entry": entry, "model": model}
+            "tiles": tiles, "tile": t, "batch": spec.params.batch_size, "overlap": spec.params.tile_overlap_px, "entry": entry, "model": model}
 
 
 def model_only(model, batch: int, tile: int, reps: int = 7) -> float:
@@ -130,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     peak1 = matmul_peak_flops(args.threads)
     peak = (peak0 + peak1) / 2
     body = [f"Mosaic {args.side} x {args.side} px RGB uint8 of real Dubai tiles (EPSG:32640, 1 m), "
-            f"block {args.block_size} px, tile 256 px, overlap 32 px, batch 4, no vectorising, "
+            f"block {args.block_size} px, tile / overlap / batch from each package ("
+            + ", ".join(f"{t['task']}: {t['tile']} / {t['overlap']} / {t['batch']}" for t in data["tasks"]
+                        if t["runtime"] == "torch") + "), no vectorising, "
             f"{args.threads} thread(s).\n",
             md_table(["task", "runtime", "model", "raster", "wall (s)", "Mpx/s", "load avg"], rows)]
     if notes:

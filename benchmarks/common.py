@@ -175,7 +175,9 @@ def default_package(task: str, workdir: Path, *, onnx: bool = True, tile_size_px
     from training.package import load_package  # noqa: F401  (import check: the training package is installed)
 
     bundled = ROOT / "resources" / "models"
-    for cfg_path in sorted(bundled.glob("*/config.json")):
+    # RSFM_BENCH_FIXTURE=1 forces the fixture (tests; comparing with older figures)
+    candidates = [] if os.environ.get("RSFM_BENCH_FIXTURE") == "1" else sorted(bundled.glob("*/config.json"))
+    for cfg_path in candidates:
         try:
             cfg = json.loads(cfg_path.read_text())
         except (OSError, ValueError):

@@ -51,6 +51,7 @@ __all__ = [
     "run",
     "run_evaluate",
     "run_export",
+    "task_of",
 ]
 
 DETECTION_TASKS: dict[str, str] = {
@@ -316,7 +317,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_detection_arguments(p: argparse.ArgumentParser) -> None:
     """Options only the detection tasks have (for reuse by ``rsfm-train finetune``)."""
-    p.add_argument("--dataset", default="coco", choices=("coco",), help="reader (COCO instances JSON)")
     p.add_argument("--ann-file", default=None, help="annotation JSON relative to --data (default annotations.json)")
     p.add_argument("--train-range", default="1-440", help="image-file numbers used for training")
     p.add_argument("--val-range", default="441-470", help="image-file numbers for validation (checkpoint choice)")
@@ -373,6 +373,10 @@ def run(args: argparse.Namespace) -> int:
     _fill_defaults(args, add_arguments)
     if args.task not in DETECTION_TASKS:
         raise ValueError(f"task {args.task!r} is not a detection task; choose one of {list(DETECTION_TASKS)}")
+    # rsfm-train finetune's namespace leaves these None (its defaults are derived later)
+    if args.warmup_steps is None:
+        args.warmup_steps = 50
+    epochs = getattr(args, "epochs", None)
     if args.threads:
         torch.set_num_threads(args.threads)
     ctx = init_distributed(args.device)
@@ -404,6 +408,8 @@ def run(args: argparse.Namespace) -> int:
                         collate_fn=_FixedCollate(args.crop_size), drop_last=True, persistent_workers=args.workers > 0)  # fmt: skip
     if len(loader) == 0:
         raise ValueError(f"{len(train_ds)} training images < batch size {args.batch_size}; lower --batch-size")
+    if args.max_steps is None:
+        args.max_steps = epochs * len(loader) if epochs else (10**9 if args.time_budget_min else 10000)
 
     decay, no_decay = [], []
     for prm in model.parameters():
@@ -417,7 +423,7 @@ def run(args: argparse.Namespace) -> int:
         "task": args.task, "architecture": arch, "architecture_kwargs": akw,
         "classes": [{"name": c, "color": _PALETTE[i % len(_PALETTE)]} for i, c in enumerate(classes)],
         "bands": ["red", "green", "blue"], "input_dtype": "uint8", "mean": list(mean), "std": list(std),
-        "data": {"dataset": args.dataset, "root": str(args.data), "train_range": args.train_range,
+        "data": {"dataset": "coco", "root": str(args.data), "train_range": args.train_range,
                  "val_range": args.val_range, "test_range": args.test_range, "label_fraction": args.label_fraction,
                  "train_images": len(train_idx), "val_images": len(val_idx), "test_images": len(test_idx),
                  "class_counts": counts},
@@ -518,8 +524,10 @@ def _validate(model, val_ds, ctx, args, classes, step, epoch, t0, best, history,
         tv = time.time()
         preds, gts = predict_split(unwrap(model), val_ds, ctx.device, args.val_limit)
         m = evaluate_detector(preds, gts, args.task, classes)
+        thr, f1 = choose_score_threshold(preds, gts, args.task)  # recorded so export needs no second pass
         rec = {"step": step, "epoch": epoch, "val_mAP": round(m["mAP"], 4), "val_AP50": round(m["AP50"], 4),
-               "val_s": round(time.time() - tv, 1), "elapsed_min": round((time.time() - t0) / 60, 2)}  # fmt: skip
+               "val_score_thr": thr, "val_F1_at_thr": round(f1, 4), "val_s": round(time.time() - tv, 1),
+               "elapsed_min": round((time.time() - t0) / 60, 2)}  # fmt: skip
         history.append(rec)
         print0(ctx, json.dumps(rec))
         if log:
@@ -562,6 +570,17 @@ def load_detector(path: str | Path) -> tuple[dict, torch.nn.Module]:
     model.load_state_dict(ck["model"], strict=True)
     return {"task": meta["task"], "classes": [c["name"] for c in meta["classes"]], "mean": meta["mean"],
             "std": meta["std"], "meta": meta, "history": ck.get("history", [])}, model.eval()  # fmt: skip
+
+
+def task_of(path: str | Path) -> str:
+    """The task of a package folder (``config.json``) or a checkpoint (its ``meta``); '' if neither says."""
+    p = Path(path)
+    if p.is_dir():
+        from training.package import PackageConfig
+
+        return PackageConfig.load(p).task
+    ck = torch.load(p, map_location="cpu", weights_only=False)  # a checkpoint rsfm-train wrote
+    return ck.get("meta", {}).get("task", "") if isinstance(ck, dict) else ""
 
 
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
@@ -711,6 +730,11 @@ def run_export(args: argparse.Namespace) -> int:
     task = meta["task"]
     thr_note = "given on the command line"
     thr = args.score_threshold
+    chosen = max(info.get("history") or [{}], key=lambda r: r.get("val_mAP", -1))
+    if thr is None and "val_score_thr" in chosen:  # picked on validation when this checkpoint was chosen
+        thr = chosen["val_score_thr"]
+        thr_note = (f"best F1 {chosen['val_F1_at_thr']:.3f} at IoU 0.5 on the validation split "
+                    f"{meta['data']['val_range']}, step {chosen['step']}")  # fmt: skip
     if thr is None:
         args.label_fraction, args.seed = 1.0, 0
         base = _base_dataset(args)

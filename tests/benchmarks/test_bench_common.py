@@ -110,6 +110,7 @@ def test_bench_runtimes_writes_section_with_parity(tmp_path: Path, monkeypatch: 
     import bench_runtimes
 
     monkeypatch.setattr(common, "DATA", _fake_dubai(tmp_path / "data", side=64))
+    monkeypatch.setenv("RSFM_BENCH_FIXTURE", "1")  # the fixture package, whatever resources/models holds
     out = tmp_path / "runtimes.md"
     assert bench_runtimes.main(["--rounds", "1", "--threads", "1", "--batch", "2", "--tile", "64",
                                 "--out", str(out)]) == 0

@@ -254,3 +254,17 @@ def test_export_package_and_backend_contract(trained, coco_root, tmp_path):
     info = pyogrio.read_info(vec["path"], layer="detections")
     assert {"class_id", "class_name", "score", "area_m2"} <= set(info["fields"])
     assert info["features"] == result["stats"]["detections"]
+
+
+def test_finetune_style_namespace_is_accepted(coco_root, tmp_path):
+    """``rsfm-train finetune`` hands over its own namespace: None step counts, epochs, no detection options."""
+    out = tmp_path / "ft"
+    ns = argparse.Namespace(task="object_detection", backbone="tiny_pyramid_dettrainer_test", backbone_kwargs="{}",
+                            pretrained=False, data=str(coco_root), dataset="auto", out=str(out), label_fraction=1.0,
+                            seed=0, epochs=1, max_steps=None, time_budget_min=None, resume=False, batch_size=2,
+                            lr=1e-3, weight_decay=0.05, warmup_steps=None, crop_size=96, scale_min=1.0,
+                            scale_max=1.0, workers=0, threads=None, device="cpu", log_every=1,
+                            train_range="1-6", val_range="7-7", test_range="8-8", fpn_channels=16)  # fmt: skip
+    assert dt.run(ns) == 0
+    assert [r["step"] for r in _log(out) if "loss" in r] == [1, 2, 3]  # one epoch of 6 images, batch 2
+    assert dt.task_of(out / "last.pt") == "object_detection"
