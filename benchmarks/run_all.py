@@ -48,10 +48,11 @@ OTHERS: list[tuple[str, dict[str, str], list[str]]] = [
                                                    "--write-doc", "docs/bench/engine.md"]),
     ("bench_engine.py", {"OMP_NUM_THREADS": "1"}, ["--side", "2048", "--write-doc", "docs/bench/engine.md"]),
     ("bench_backbones.py", {}, ["--size", "512", "--threads", "2", "--out", "docs/bench/backbones.md"]),
+    ("bench_task_models.py", {}, ["--size", "512", "--threads", "2", "--iters", "1", "--out", "docs/bench/task_models.md"]),
     ("bench_training.py", {"OMP_NUM_THREADS": "1"}, ["--out", "docs/bench/training.json"]),
     ("bench_chat.py", {"OMP_NUM_THREADS": "2"}, ["--repeats", "3", "--out", "docs/bench/chat.json"]),
 ]
-EMBED = ["backbones.md", "engine.md", "training.md", "chat.md"]
+EMBED = ["backbones.md", "task_models.md", "engine.md", "training.md", "chat.md"]
 
 
 def shell_line(env: dict[str, str], script: str, args: list[str]) -> str:

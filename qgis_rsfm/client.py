@@ -349,6 +349,21 @@ class RsfmClient:
         """``POST /jobs`` with a contract ``JobRequest``; returns the queued job."""
         return Job.from_dict(self.request("POST", "/jobs", job_request))
 
+    def resume(self, job_id: str, output_dir: str | None = None) -> Job:
+        """``POST /jobs/{id}/resume``: re-queue a job interrupted by a backend crash under the same id.
+
+        Args:
+            job_id: the id the job had before the crash.
+            output_dir: the job's ``output_dir`` (where its record and block journal live); None when the
+                backend runs with ``--state-dir``.
+
+        Raises:
+            NotFoundError: no record of the job (it finished, or another ``output_dir``).
+            ConflictError: the job is still queued or running in this backend.
+        """
+        body: dict[str, Any] = {} if output_dir is None else {"output_dir": str(output_dir)}
+        return Job.from_dict(self.request("POST", f"/jobs/{_q(job_id)}/resume", body))
+
     def jobs(self) -> list[Job]:
         return [Job.from_dict(j) for j in self.request("GET", "/jobs").get("jobs", [])]
 

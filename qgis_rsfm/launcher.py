@@ -17,8 +17,9 @@ import json
 import os
 import secrets
 import signal
-import subprocess  # nosec B404
+import subprocess  # argv lists only, never a shell  # nosec B404
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -103,6 +104,9 @@ class BackendLauncher:
         self.state_dir = Path(state_dir)
         self.process: subprocess.Popen | None = None  # set only when this launcher started the backend
         self.state: BackendState | None = None
+        # Several job tasks may notice a dead backend at once (worker threads): one restarts it, the others
+        # then find it alive instead of starting (and killing) backends of their own.
+        self._lock = threading.RLock()
 
     @property
     def state_path(self) -> Path:
@@ -170,6 +174,10 @@ class BackendLauncher:
         Raises:
             LauncherError: none is running and none can be started (message says how to fix it).
         """
+        with self._lock:
+            return self._ensure_running(config)
+
+    def _ensure_running(self, config: BackendConfig | None) -> RsfmClient:
         if self.state is not None and RsfmClient(self.state.url, self.state.token).is_alive():
             return self.client()
         found = self.find_running()
@@ -216,6 +224,7 @@ class BackendLauncher:
                 kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
             else:
                 kwargs["start_new_session"] = True  # Ctrl-C in QGIS's terminal must not kill it
+            # cmd is build_command()'s list: the configured interpreter plus fixed arguments, no shell.
             self.process = subprocess.Popen(cmd, **kwargs)  # nosec B603
         except OSError as exc:
             raise LauncherError(f"cannot run {config.python}: {exc}") from None

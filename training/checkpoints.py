@@ -147,7 +147,7 @@ def _load(path: Path, placeholder_unknown: bool) -> _Loaded:
 
 
 def load_checkpoint_file(
-    path: str | os.PathLike, *, placeholder_unknown: bool = False, trust_pickle: bool = False
+    path: str | os.PathLike, *, placeholder_unknown: bool = False
 ) -> object:
     """Read a ``.pth``/``.pt``/``.safetensors`` checkpoint on CPU without executing foreign code.
 
@@ -155,8 +155,6 @@ def load_checkpoint_file(
         path: file path.
         placeholder_unknown: replace objects of classes outside the allow-list (e.g. MMEngine's
             ``HistoryBuffer``) by inert placeholders instead of refusing the file.
-        trust_pickle: use plain ``torch.load(weights_only=False)``. Only for files you created yourself:
-            unpickling an untrusted file can run arbitrary code.
 
     Returns:
         The unpickled object (usually a dict); for ``.safetensors`` a ``dict[str, Tensor]``.
@@ -174,8 +172,6 @@ def load_checkpoint_file(
         from safetensors.torch import load_file
 
         return load_file(str(path), device="cpu")
-    if trust_pickle:
-        return torch.load(str(path), map_location="cpu", weights_only=False)  # noqa: S614 - explicit opt-in
     return _load(path, placeholder_unknown).obj
 
 

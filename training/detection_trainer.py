@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from training.checkpoints import load_checkpoint_file
 from training.data.box_transforms import DetRandomCrop, DetRandomFlip, DetRandomResize, DetRandomRot90
 
 __all__ = [
@@ -149,7 +150,8 @@ def build_split(base, split: str, args: argparse.Namespace) -> list[int]:
     if split == "train" and args.label_fraction < 1.0:
         if not 0 < args.label_fraction <= 1:
             raise ValueError(f"--label-fraction must be in (0, 1], got {args.label_fraction}")
-        rng = random.Random(args.seed)  # noqa: S311 - a reproducible subset, not security
+        # A reproducible data subset, not a secret: a seeded non-cryptographic generator is what is wanted.
+        rng = random.Random(args.seed)  # noqa: S311  # nosec B311
         idx = sorted(rng.sample(idx, max(1, round(len(idx) * args.label_fraction))))
     return idx
 
@@ -434,7 +436,7 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         if not last.is_file():
             raise FileNotFoundError(f"--resume given but {last} does not exist; drop --resume to start fresh")
-        ck = torch.load(last, map_location="cpu", weights_only=False)  # our own checkpoint
+        ck = load_checkpoint_file(last)  # weights_only unpickling: tensors, numbers, str, lists, dicts
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         step, epoch, elapsed0 = ck["step"], ck["epoch"], ck["elapsed_s"]
@@ -562,7 +564,7 @@ def load_detector(path: str | Path) -> tuple[dict, torch.nn.Module]:
         cfg, model = load_package(p)
         return {"task": cfg.task, "classes": cfg.class_names, "mean": cfg.mean, "std": cfg.std, "meta": None,
                 "config": cfg}, model  # fmt: skip
-    ck = torch.load(p, map_location="cpu", weights_only=False)  # a checkpoint this module wrote
+    ck = load_checkpoint_file(p)  # weights_only unpickling: a checkpoint runs no code when read
     if "meta" not in ck:
         raise ValueError(f"{p} is not a detection_trainer checkpoint (no 'meta'); pass best.pt/last.pt or a package")
     meta = ck["meta"]
@@ -579,7 +581,7 @@ def task_of(path: str | Path) -> str:
         from training.package import PackageConfig
 
         return PackageConfig.load(p).task
-    ck = torch.load(p, map_location="cpu", weights_only=False)  # a checkpoint rsfm-train wrote
+    ck = load_checkpoint_file(p)  # weights_only unpickling
     return ck.get("meta", {}).get("task", "") if isinstance(ck, dict) else ""
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from training.checkpoints import load_checkpoint_file
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Register ``evaluate``'s options on ``p``."""
@@ -53,7 +55,7 @@ def load_for_eval(path: str | Path) -> tuple[dict, torch.nn.Module]:
         raise FileNotFoundError(f"{p} is neither a model package folder nor a checkpoint file")
     from training.models import create_model
 
-    ck = torch.load(p, map_location="cpu", weights_only=False)  # a checkpoint this package wrote
+    ck = load_checkpoint_file(p)  # weights_only unpickling: a checkpoint runs no code when read
     if "meta" not in ck:
         raise ValueError(f"{p} is not an rsfm-train finetune checkpoint (no 'meta'); pass a package folder")
     meta = ck["meta"]

@@ -39,6 +39,8 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from training.checkpoints import load_checkpoint_file
+
 TASKS = ("semantic_segmentation", "scene_classification", "change_detection")
 DATASETS = ("auto", "dubai", "color_masks", "aid", "scene_folder", "levir_cd", "oscd")
 ARCHITECTURES = {
@@ -436,7 +438,7 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         if not last_path.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint {last_path}; drop --resume to start afresh")
-        ck = torch.load(last_path, map_location="cpu", weights_only=False)  # our own file, written below
+        ck = load_checkpoint_file(last_path)  # weights_only unpickling (numpy RNG state is allow-listed)
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         step, epoch, elapsed, best = ck["step"], ck["epoch"], ck["elapsed_s"], ck["best"]
@@ -565,7 +567,7 @@ def run(args: argparse.Namespace) -> int:
                     _save_checkpoint(best_path, {k: v for k, v in payload.items() if k not in ("optimizer", "rng")})
         if ctx.is_main and not best_path.exists() and last_path.exists():
             # No validation score was ever finite (e.g. empty change class): the last weights stand in.
-            ck = torch.load(last_path, map_location="cpu", weights_only=False)
+            ck = load_checkpoint_file(last_path)
             _save_checkpoint(best_path, {k: v for k, v in ck.items() if k not in ("optimizer", "rng")})
         print0(ctx, f"done: {step} steps, {epoch} epochs, {elapsed / 60:.1f} min, best val {best:.4f} -> {best_path}")
     finally:

@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from training.checkpoints import load_checkpoint_file
 from training.distributed import (
     DistContext,
     all_reduce_mean,
@@ -329,7 +330,7 @@ def run(args: argparse.Namespace) -> int:
         start = 0
         resume = _resume_path(args)
         if resume is not None:
-            ckpt = torch.load(resume, map_location="cpu", weights_only=False)  # our own file
+            ckpt = load_checkpoint_file(resume)  # weights_only unpickling: tensors, numbers, str, lists, dicts
             if ckpt.get("backbone") != args.backbone or [d["name"] for d in ckpt["datasets"]] != names:
                 raise SystemExit(f"{resume} was trained with backbone {ckpt.get('backbone')!r} on "
                                  f"{[d['name'] for d in ckpt['datasets']]}; pass the same --backbone/--sources")

@@ -27,11 +27,11 @@ raster's CRS (and WGS84 lon/lat where the CRS is known).
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import math
 import re
-import xml.etree.ElementTree as ET  # noqa: S405 - parses our own .qml style files, not untrusted input
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -221,12 +221,41 @@ def read_raster_info(path: str, bbox: list[float] | None = None, gsd_m: float | 
 # ----------------------------------------------------------------------------------------------- readers
 
 
+# A QGIS style file is XML; we only need the attributes of a few empty elements (<paletteEntry .../>,
+# <category .../>) that backend.outputs writes on one line each. Scanning them with a regex instead of an XML
+# parser means no DTD, no entity expansion and no external references can ever be processed (the reason
+# bandit flags xml.etree), and defusedxml is not a dependency.
+_QML_MAX_BYTES = 4 << 20
+_XML_ATTR = re.compile(r'([A-Za-z_][\w.-]*)\s*=\s*(?:"([^"]*)"|\'([^\']*)\')')
+
+
+def _qml_elements(qml: Path, tag: str) -> list[dict[str, str]]:
+    """Attributes of every ``<tag .../>`` element of a QGIS style file, values unescaped.
+
+    Returns [] for a file that is too big or declares entities (our backend never writes those; the usual
+    ``<!DOCTYPE qgis ...>`` line of QGIS styles is fine: nothing here ever reads a DTD).
+    """
+    if qml.stat().st_size > _QML_MAX_BYTES:
+        log.warning("ignoring %s: larger than %d bytes, not a style file written by RSFM", qml, _QML_MAX_BYTES)
+        return []
+    text = qml.read_text(encoding="utf-8", errors="replace")
+    if "<!ENTITY" in text:
+        log.warning("ignoring %s: it declares XML entities, which RSFM style files never do", qml)
+        return []
+    out = []
+    for m in re.finditer(rf"<{re.escape(tag)}\b([^<>]*?)/?>", text):
+        out.append({k: html.unescape(v1 or v2)
+                    for k, v1, v2 in _XML_ATTR.findall(m.group(1))})
+    return out
+
+
 def _qml_labels(tif: Path) -> dict[int, str]:
+    """Class labels of a class raster from its sibling ``.qml`` (palette entries ``value`` -> ``label``)."""
     qml = tif.with_suffix(".qml")
     if not qml.exists():
         return {}
-    root = ET.parse(qml).getroot()  # noqa: S314 - our own style file
-    return {int(e.get("value")): e.get("label") for e in root.iter("paletteEntry") if e.get("label")}
+    return {int(e["value"]): e["label"] for e in _qml_elements(qml, "paletteEntry")
+            if e.get("label") and e.get("value", "").lstrip("-").isdigit()}
 
 
 def segmentation_histograms(out: PerceptionOutput, info: RasterInfo, chunk_rows: int = 512
@@ -349,8 +378,8 @@ def _vector_classes(path: Path, layer: str | None) -> list[str] | None:
         log.warning("ignoring unreadable class metadata of %s: %s", path, e)
     qml = path.with_suffix(".qml")
     if qml.exists():
-        cats = [(e.get("value"), e.get("label") or e.get("value"))
-                for e in ET.parse(qml).getroot().iter("category") if e.get("value")]  # noqa: S314
+        cats = [(e["value"], e.get("label") or e["value"]) for e in _qml_elements(qml, "category")
+                if e.get("value")]
         if cats and all(v.isdigit() for v, _ in cats):  # categories on class_id (backend.outputs.vector_qml)
             return [label for _, label in sorted(cats, key=lambda c: int(c[0]))]
         return [label for _, label in cats] or None

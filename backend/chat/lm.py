@@ -25,6 +25,7 @@ import json
 import os
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -185,8 +186,12 @@ class BuiltinBackend(ChatBackend):
                     hf_logging.disable_progress_bar()
                 except ImportError:
                     pass
-                tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-                model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+                # A local GGUF file (no Hub repo id, nothing downloaded: local_files_only), so there is no
+                # revision to pin; bandit's B615 cannot see that the first argument is a local folder.
+                tok = AutoTokenizer.from_pretrained(  # nosec B615
+                    str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
+                model = AutoModelForCausalLM.from_pretrained(  # nosec B615
+                    str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
                 model.eval()
                 _BUILTIN = _TorchLM(model, tok)
             return _BUILTIN
@@ -216,8 +221,10 @@ class HFDirBackend(ChatBackend):
             if self.path not in _HF_CACHE:
                 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-                tok = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
-                model = AutoModelForCausalLM.from_pretrained(self.path, local_files_only=True)
+                # self.path is a resolved local folder and local_files_only forbids any download, so there
+                # is no Hub revision to pin (bandit B615 cannot tell a folder from a repo id).
+                tok = AutoTokenizer.from_pretrained(self.path, local_files_only=True)  # nosec B615
+                model = AutoModelForCausalLM.from_pretrained(self.path, local_files_only=True)  # nosec B615
                 model.eval()
                 _HF_CACHE[self.path] = _TorchLM(model, tok)
         self._lm = _HF_CACHE[self.path]
@@ -262,10 +269,16 @@ class OpenAIBackend(ChatBackend):
         key = os.environ.get(self.api_key_env)
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        req = urllib.request.Request(f"{self.base_url}/chat/completions",  # noqa: S310 - scheme checked in __init__
-                                     data=json.dumps(body).encode(), headers=headers, method="POST")
+        url = f"{self.base_url}/chat/completions"
+        # urlopen also opens file:// and custom schemes; only plain HTTP(S) may reach it (base_url is
+        # checked in __init__ too, but an attribute can be changed after construction).
+        if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+            raise LMError(f"the chat endpoint {url!r} is not an http:// or https:// URL; fix base_url")
+        req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers,  # noqa: S310
+                                     method="POST")
         try:
-            resp = urllib.request.urlopen(req, timeout=self.timeout_s)  # noqa: S310 - scheme checked above
+            # The scheme was validated as http/https just above, hence the B310 suppression.
+            resp = urllib.request.urlopen(req, timeout=self.timeout_s)  # noqa: S310  # nosec B310
         except urllib.error.HTTPError as e:
             detail = e.read(500).decode("utf-8", "replace")
             raise LMError(f"the chat endpoint {self.base_url} answered HTTP {e.code}: {detail}; check the "

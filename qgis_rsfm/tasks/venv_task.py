@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess  # nosec B404
+import subprocess  # argv lists only, never a shell  # nosec B404
 import sys
 from pathlib import Path
 
@@ -46,6 +46,7 @@ class CreateVenvTask(QgsTask):
         env = dict(os.environ)
         env.pop("PYTHONPATH", None)  # QGIS's paths must not leak into the venv
         env.pop("PYTHONHOME", None)
+        # argv is a list we built (interpreter path + fixed pip/venv arguments) and no shell is involved.
         self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,  # nosec B603
                                       text=True, env=env)
         steps = 0
