@@ -14,6 +14,7 @@ its plain-words ``message`` (contract: ``{"error": {"code", "message"}}``).
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
 import urllib.error
@@ -254,7 +255,8 @@ class RsfmClient:
                 status = resp.status
         except urllib.error.HTTPError as exc:
             raise self._error_from_answer(exc.code, exc.read()) from None
-        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, http.client.HTTPException) as exc:
+            # HTTPException: the backend died while answering (IncompleteRead, BadStatusLine).
             reason = getattr(exc, "reason", exc)
             raise BackendUnreachableError(
                 f"the RSFM backend at {self.base_url} does not answer ({reason}); start it from the RSFM "

@@ -633,6 +633,7 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overlap", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--score-threshold", type=float, default=None, help="default: best val F1 at IoU 0.5")
+    p.add_argument("--threshold-note", default="given on the command line", help="how --score-threshold was chosen")
     p.add_argument("--licence", default="Apache-2.0")
     p.add_argument("--data-licence", default="see the data's source")
     p.add_argument("--training-data", default=None)
@@ -681,11 +682,11 @@ def build_card(config, meta: dict, metrics: dict, history: list[dict], thr_note:
               f"{a.get('scale_min')}-{a.get('scale_max')}, flips and 90-degree rotations; seed {a.get('seed')}; "
               f"time budget {a.get('time_budget_min')} min."]  # fmt: skip
     if history:
-        last = history[-1]
         bestr = max(history, key=lambda r: r.get("val_mAP", -1))
-        lines += ["", f"Ran {last['step']} steps ({last['epoch']} epochs) in {last['elapsed_min']} min wall time; "
-                      f"chosen checkpoint: step {bestr['step']} (validation mAP {_fmt(bestr['val_mAP'])}, "
-                      f"AP50 {_fmt(bestr['val_AP50'])})."]  # fmt: skip
+        lines += ["", f"Chosen checkpoint: step {bestr['step']} ({bestr['epoch']} full epochs done, "
+                      f"{bestr['elapsed_min']} min wall time), validation mAP {_fmt(bestr['val_mAP'])}, AP50 "
+                      f"{_fmt(bestr['val_AP50'])}. Validations up to it: "
+                      + ", ".join(f"step {r['step']}: {_fmt(r['val_mAP'])}" for r in history) + "."]  # fmt: skip
     lines += ["", "## Held-back metrics", ""]
     if metrics:
         lines += [f"Split: {metrics.get('split')} ({metrics.get('images')} images, whole images at native "
@@ -699,7 +700,7 @@ def build_card(config, meta: dict, metrics: dict, history: list[dict], thr_note:
             lines += ["", f"DOTA-style mAP50 (VOC07 11-point): {_fmt(metrics['dota_mAP50'])}"]
         k = kinds[-1]
         cc = metrics.get("class_counts", {})
-        lines += ["", f"| class | AP ({k}) | AP50 ({k}) | test instances |", "|---|---|---|---|"]
+        lines += ["", f"| class | COCO AP ({k}) | VOC AP50, all points ({k}) | instances in split |", "|---|---|---|---|"]
         for n, v in metrics[f"{k}_per_class_AP"].items():
             lines.append(f"| {n} | {_fmt(v)} | {_fmt(metrics[f'{k}_per_class_AP50'][n])} | {cc.get(n, '')} |")
         lines += ["", "(n/a = no instance of the class in the split)"]
@@ -730,7 +731,7 @@ def run_export(args: argparse.Namespace) -> int:
     if meta is None:
         raise ValueError("export needs a train checkpoint (best.pt), not a package")
     task = meta["task"]
-    thr_note = "given on the command line"
+    thr_note = args.threshold_note
     thr = args.score_threshold
     chosen = max(info.get("history") or [{}], key=lambda r: r.get("val_mAP", -1))
     if thr is None and "val_score_thr" in chosen:  # picked on validation when this checkpoint was chosen

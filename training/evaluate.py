@@ -34,6 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=None, help="write the metrics JSON here")
+    from training.detection_trainer import add_detection_arguments  # split ranges of detection data
+
+    add_detection_arguments(p)
 
 
 def load_for_eval(path: str | Path) -> tuple[dict, torch.nn.Module]:
@@ -68,6 +71,10 @@ def load_for_eval(path: str | Path) -> tuple[dict, torch.nn.Module]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from training.detection_trainer import DETECTION_TASKS, run_evaluate, task_of
+
+    if task_of(args.model) in DETECTION_TASKS:
+        return run_evaluate(args)
     from training.data.transforms import Normalize
     from training.finetune import build_dataset, evaluate_dataset
 

@@ -41,7 +41,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from training.checkpoints import load_checkpoint_file
 
-TASKS = ("semantic_segmentation", "scene_classification", "change_detection")
+DENSE_TASKS = ("semantic_segmentation", "scene_classification", "change_detection")
+DETECTION_TASKS = ("object_detection", "rotated_detection", "instance_segmentation")
+TASKS = DENSE_TASKS + DETECTION_TASKS
 DATASETS = ("auto", "dubai", "color_masks", "aid", "scene_folder", "levir_cd", "oscd")
 ARCHITECTURES = {
     "semantic_segmentation": "upernet_segmenter",
@@ -97,6 +99,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="NHWC memory format (~1.5x faster for CNNs on CPU)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--log-every", type=int, default=10)
+    from training.detection_trainer import add_detection_arguments  # detection tasks: NWPU-style COCO splits
+
+    add_detection_arguments(p)
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -360,6 +365,10 @@ def _save_checkpoint(path: Path, payload: dict) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train; returns 0. Writes ``OUT/last.pt``, ``OUT/best.pt``, ``OUT/log.jsonl``, ``OUT/run.json``."""
+    if args.task in DETECTION_TASKS:  # two-stage detectors have their own loop (targets, RoI sampling, mAP)
+        from training.detection_trainer import run as run_detection
+
+        return run_detection(args)
     from training.distributed import (
         all_reduce_mean,
         broadcast_object,

@@ -183,3 +183,37 @@ def test_cancel_while_the_task_restarts_the_backend_cancels_the_job(
     finally:
         lau.stop()
         _dispose(page)
+
+
+def test_a_backend_dying_mid_answer_reads_as_unreachable(qgis_app):
+    """A server that closes the socket halfway through its answer (what a SIGKILL does) gives
+    BackendUnreachableError, the error the job task resumes on, not an internal IncompleteRead."""
+    import http.server
+    import threading
+
+    from qgis_rsfm.client import BackendUnreachableError, RsfmClient
+
+    class Truncating(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's naming
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "100")
+            self.end_headers()
+            self.wfile.write(b'{"id": "')
+            self.wfile.flush()
+            self.close_connection = True
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.HTTPServer(("127.0.0.1", 0), Truncating)
+    th = threading.Thread(target=srv.serve_forever, daemon=True)
+    th.start()
+    try:
+        client = RsfmClient(f"http://127.0.0.1:{srv.server_address[1]}", "t", timeout_s=10)
+        with pytest.raises(BackendUnreachableError) as err:
+            client.job("0" * 32)
+        assert err.value.code == "backend_unreachable"
+    finally:
+        srv.shutdown()
+        srv.server_close()

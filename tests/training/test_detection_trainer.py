@@ -268,3 +268,20 @@ def test_finetune_style_namespace_is_accepted(coco_root, tmp_path):
     assert dt.run(ns) == 0
     assert [r["step"] for r in _log(out) if "loss" in r] == [1, 2, 3]  # one epoch of 6 images, batch 2
     assert dt.task_of(out / "last.pt") == "object_detection"
+
+
+def test_rsfm_train_finetune_and_evaluate_dispatch_detection(coco_root, tmp_path):
+    """The user-facing commands route detection tasks to this trainer (``rsfm-train finetune/evaluate``)."""
+    from training.cli import main
+
+    out = tmp_path / "cli"
+    argv = ["finetune", "--task", "object_detection", "--backbone", "tiny_pyramid_dettrainer_test", "--no-pretrained",
+            "--data", str(coco_root), "--out", str(out), "--epochs", "1", "--batch-size", "2", "--crop-size", "96",
+            "--scale-min", "1", "--scale-max", "1", "--train-range", "1-6", "--val-range", "7-7",
+            "--test-range", "8-8", "--device", "cpu", "--log-every", "1"]  # fmt: skip
+    assert main(argv) == 0
+    assert dt.task_of(out / "last.pt") == "object_detection"
+    metrics = tmp_path / "m.json"
+    assert main(["evaluate", str(out / "last.pt"), "--data", str(coco_root), "--split", "test",
+                 "--train-range", "1-6", "--val-range", "7-7", "--test-range", "8-8", "--out", str(metrics)]) == 0
+    assert "mAP" in json.loads(metrics.read_text())
