@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 from pathlib import Path
 
 import torch
+from bench_backbones import _time  # benchmarks/ is on sys.path when run as a script
 
 from training.models import create_model
 
@@ -40,15 +39,6 @@ def synthetic_target(size: int) -> dict[str, torch.Tensor]:
         rboxes.append([x0 + w / 2, y0 + h / 2, w, h, 0.0])
     return {"boxes_xyxy": torch.tensor(boxes, dtype=torch.float32), "labels": torch.tensor([0, 1, 2, 3]),
             "masks": masks, "boxes_cxcywha": torch.tensor(rboxes)}
-
-
-def _median_time(fn, iters: int) -> float:
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def bench(task: str, arch: str, kwargs: dict, size: int, iters: int) -> dict:
@@ -79,7 +69,7 @@ def bench(task: str, arch: str, kwargs: dict, size: int, iters: int) -> dict:
     fwd()
     fwd_bwd()  # warm-up
     row = {"task": task, "arch": arch, "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
-           "fwd_s": _median_time(fwd, iters), "fwd_bwd_s": _median_time(fwd_bwd, iters)}
+           "fwd_s": _time(fwd, iters), "fwd_bwd_s": _time(fwd_bwd, iters)}
     row["load"] = (load0, os.getloadavg()[0])
     return row
 

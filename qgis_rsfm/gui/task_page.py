@@ -384,6 +384,7 @@ class TaskPage(QWidget):
         self.task = RsfmJobTask(f"RSFM: {tr(self.tdef.label)} on {spec.source_name}", spec,
                                 self.client_factory, on_finished=self._finished)
         self.task.progressChanged.connect(self._task_progress)  # queued: emitted on the worker thread
+        self.task.status_changed.connect(self._set_status)  # e.g. "backend restarted, resuming from block N"
         self.progress.setValue(0)
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)

@@ -13,11 +13,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 from PIL import Image
 
 from training import detection_trainer as dt
-from training.models.registry import _REGISTRY, register_model
 from training.package import load_package
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
@@ -26,30 +24,7 @@ CLASSES = [{"id": 1, "name": "red_square"}, {"id": 2, "name": "green_bar"}]
 SIZE = 96
 
 
-class _TinyPyramid(nn.Module):
-    """Four conv stages at strides 4/8/16/32 (the detector backbone interface), fast on CPU."""
-
-    def __init__(self, width: int = 16) -> None:
-        super().__init__()
-        self.out_channels = [width] * 4
-        self.stages = nn.ModuleList(
-            [nn.Sequential(nn.Conv2d(3, width, 4, stride=4), nn.ReLU())]
-            + [nn.Sequential(nn.Conv2d(width, width, 3, stride=2, padding=1), nn.ReLU()) for _ in range(3)]
-        )
-
-    def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
-        outs = []
-        for stage in self.stages:
-            x = stage(x)
-            outs.append(x)
-        return outs
-
-
-if "tiny_pyramid_dettrainer_test" not in _REGISTRY:
-
-    @register_model
-    def tiny_pyramid_dettrainer_test(width: int = 16) -> nn.Module:
-        return _TinyPyramid(width)
+import tiny_backbone  # noqa: E402,F401 - registers the "tiny_pyramid_test" backbone
 
 
 def _objects(i: int) -> list[tuple[int, list[float]]]:
@@ -86,7 +61,7 @@ def coco_root(tmp_path_factory) -> Path:
 def _train_args(root: Path, out: Path, task: str = "object_detection", **kw) -> argparse.Namespace:
     p = argparse.ArgumentParser()
     dt.add_arguments(p)
-    argv = ["--task", task, "--data", str(root), "--out", str(out), "--backbone", "tiny_pyramid_dettrainer_test",
+    argv = ["--task", task, "--data", str(root), "--out", str(out), "--backbone", "tiny_pyramid_test",
             "--no-pretrained", "--fpn-channels", "16", "--train-range", "1-6", "--val-range", "7-7",
             "--test-range", "8-8", "--crop-size", "96", "--scale-min", "1", "--scale-max", "1", "--batch-size", "2",
             "--lr", "1e-3", "--warmup-steps", "2", "--log-every", "1", "--val-every-min", "100", "--device", "cpu"]  # fmt: skip
@@ -259,7 +234,7 @@ def test_export_package_and_backend_contract(trained, coco_root, tmp_path):
 def test_finetune_style_namespace_is_accepted(coco_root, tmp_path):
     """``rsfm-train finetune`` hands over its own namespace: None step counts, epochs, no detection options."""
     out = tmp_path / "ft"
-    ns = argparse.Namespace(task="object_detection", backbone="tiny_pyramid_dettrainer_test", backbone_kwargs="{}",
+    ns = argparse.Namespace(task="object_detection", backbone="tiny_pyramid_test", backbone_kwargs="{}",
                             pretrained=False, data=str(coco_root), dataset="auto", out=str(out), label_fraction=1.0,
                             seed=0, epochs=1, max_steps=None, time_budget_min=None, resume=False, batch_size=2,
                             lr=1e-3, weight_decay=0.05, warmup_steps=None, crop_size=96, scale_min=1.0,
@@ -275,7 +250,7 @@ def test_rsfm_train_finetune_and_evaluate_dispatch_detection(coco_root, tmp_path
     from training.cli import main
 
     out = tmp_path / "cli"
-    argv = ["finetune", "--task", "object_detection", "--backbone", "tiny_pyramid_dettrainer_test", "--no-pretrained",
+    argv = ["finetune", "--task", "object_detection", "--backbone", "tiny_pyramid_test", "--no-pretrained",
             "--data", str(coco_root), "--out", str(out), "--epochs", "1", "--batch-size", "2", "--crop-size", "96",
             "--scale-min", "1", "--scale-max", "1", "--train-range", "1-6", "--val-range", "7-7",
             "--test-range", "8-8", "--device", "cpu", "--log-every", "1"]  # fmt: skip

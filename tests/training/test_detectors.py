@@ -7,38 +7,13 @@ import math
 import pytest
 import torch
 import torch.nn as nn
+from tiny_backbone import TinyPyramid  # noqa: E402,F401 - registers "tiny_pyramid_test"
 
 from training.models import create_model
 from training.models.detection.anchors import AnchorGenerator
 from training.models.detection.roi_heads import MultiLevelRoIAlign, paste_masks
 from training.models.necks import FPN
 from training.models.registry import _REGISTRY, register_model
-
-
-class TinyPyramid(nn.Module):
-    """Four conv stages at strides 4/8/16/32 with the team backbone interface."""
-
-    def __init__(self, width: int = 16) -> None:
-        super().__init__()
-        self.out_channels = [width, width, width, width]
-        self.stages = nn.ModuleList(
-            [nn.Sequential(nn.Conv2d(3, width, 4, stride=4), nn.ReLU())]
-            + [nn.Sequential(nn.Conv2d(width, width, 3, stride=2, padding=1), nn.ReLU()) for _ in range(3)]
-        )
-
-    def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
-        outs = []
-        for stage in self.stages:
-            x = stage(x)
-            outs.append(x)
-        return outs
-
-
-if "tiny_pyramid_test" not in _REGISTRY:
-
-    @register_model
-    def tiny_pyramid_test(width: int = 16) -> nn.Module:
-        return TinyPyramid(width)
 
 
 def synthetic_scene(size: int = 64):

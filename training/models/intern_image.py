@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.utils.checkpoint as torch_checkpoint
 
 from training.models.registry import register_model
-from training.models.vit_rvsa import DropPath, check_level_indices
+from training.models.vit_rvsa import DropPath, Mlp, check_level_indices
 from training.ops.dcnv3 import DCNv3
 
 __all__ = ["InternImage", "InternImageConfig", "checkpoint_filter_fn", "internimage_t", "internimage_xl"]
@@ -125,19 +125,6 @@ class DownsampleLayer(nn.Module):
         return self.norm(self.conv(x.permute(0, 3, 1, 2)))
 
 
-class MLPLayer(nn.Module):
-    """``fc1 -> GELU -> fc2`` on channels-last maps."""
-
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
 class InternImageLayer(nn.Module):
     """One block: DCNv3 + MLP with residuals, post- or pre-norm, optional layer scale."""
 
@@ -160,7 +147,7 @@ class InternImageLayer(nn.Module):
         )
         self.drop_path = DropPath(drop_path)
         self.norm2 = _ln_after(None, channels, cfg.norm_eps)
-        self.mlp = MLPLayer(channels, int(channels * cfg.mlp_ratio))
+        self.mlp = Mlp(channels, int(channels * cfg.mlp_ratio))
         self.layer_scale = cfg.layer_scale is not None
         if self.layer_scale:
             self.gamma1 = nn.Parameter(cfg.layer_scale * torch.ones(channels))

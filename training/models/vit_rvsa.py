@@ -206,7 +206,7 @@ def swin_relative_position_index(ws: int) -> torch.Tensor:
 
 
 class Mlp(nn.Module):
-    """``fc1 -> GELU(erf) -> fc2`` on tokens ``(B, N, C)``."""
+    """``fc1 -> GELU(erf) -> fc2`` on the last dimension: ViT tokens ``(B, N, C)`` or InternImages channels-last maps."""
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
