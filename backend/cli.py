@@ -24,10 +24,6 @@ from pathlib import Path
 from backend import API_VERSION, __version__
 from backend.settings import SETTINGS, Settings
 
-# OpenMP threads that spin while idle make torch up to 2.8x slower when QGIS or anything else shares the
-# cores (docs/BENCHMARKS.md). Must be set before torch is first imported (runtimes import it lazily).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 
 class TokenError(SystemExit):
     pass
@@ -79,6 +75,9 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # OpenMP threads that spin while idle make torch up to 2.8x slower when QGIS or anything else shares the
+    # cores (docs/BENCHMARKS.md). Set before torch is first imported (the runtimes import it lazily).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = argparse.ArgumentParser(prog="rsfm-backend", description="RSFM model server (HTTP/JSON on loopback)")
     parser.add_argument("--version", action="version", version=f"rsfm-backend {__version__} (API {API_VERSION})")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

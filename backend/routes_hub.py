@@ -26,9 +26,18 @@ HUB_MODEL = {"type": "object", "properties": {
     "tags": {"type": "array", "items": _STR}, "downloads": {"type": "integer"}, "likes": {"type": "integer"},
     "last_modified": {"type": "string", "nullable": True}, "private": {"type": "boolean"},
     "license": {"type": "string", "nullable": True}, "path": _STR, "refs": {"type": "array", "items": _STR}}}
-INSTALL_REQUEST = {"type": "object", "properties": {
-    "repo_id": {"type": "string", "description": "ORG/NAME, or a full reference hf://ORG/NAME@REV"},
-    "revision": {"type": "string", "description": "branch or commit id (default main)"}}}
+# The patterns accept a subset of what :func:`backend.hub.parse_model_ref` accepts (ASCII only, no '--' or
+# '..', no whitespace), so every request the schema allows passes the handler's validation.
+_PART = r"[A-Za-z0-9][A-Za-z0-9_]*(?:[-.][A-Za-z0-9_]+)*"
+_REV = r"[A-Za-z0-9_]+(?:[-./][A-Za-z0-9_]+)*"
+REF_PATTERN = rf"^(?:hf://)?{_PART}/{_PART}(?:@{_REV})?$"
+_REF = {"type": "string", "minLength": 3, "maxLength": 96, "pattern": REF_PATTERN}
+INSTALL_REQUEST = {"type": "object", "required": ["repo_id"], "properties": {
+    "repo_id": {**_REF, "description": "ORG/NAME, or a full reference hf://ORG/NAME@REV"},
+    "revision": {"type": "string", "minLength": 1, "maxLength": 96, "pattern": rf"^{_REV}$",
+                 "description": "branch or commit id (default main); overrides an @REV in repo_id"}}}
+VERIFY_REQUEST = {"type": "object", "required": ["model"], "properties": {
+    "model": {**_REF, "description": "hf://ORG/NAME@REVISION of an installed package"}}}
 
 
 def _setting(app: Any, name: str) -> Any:
@@ -112,7 +121,7 @@ def install(req: Request) -> tuple[int, dict[str, Any]]:
 @route("POST", "/api/v1/hub/verify",
        "Re-hash a cached Hub package against the hashes the Hub reported (no network); a corrupted file is "
        "deleted and reported as hub_checksum_mismatch",
-       request_schema={"type": "object", "required": ["model"], "properties": {"model": _STR}},
+       request_schema=VERIFY_REQUEST,
        response_schema={"type": "object", "properties": {"ok": {"type": "boolean"}, "path": _STR,
                                                          "checked": {"type": "array", "items": _STR}}})
 def verify(req: Request) -> dict[str, Any]:

@@ -46,19 +46,28 @@ from backend.routing import Request, route
 log = logging.getLogger(__name__)
 
 _STR = {"type": "string"}
+BACKEND_NAMES = ("template", "none", "builtin", "openai", "hf_dir")  # what chat.lm.make_backend knows
 CHAT_REQUEST = {"type": "object", "required": ["raster", "question"], "properties": {
-    "raster": _STR, "question": _STR,
+    "raster": {"type": "string", "minLength": 1, "pattern": "^/",
+               "description": "absolute path of the selected raster layer's file"},
+    "question": {"type": "string", "minLength": 1, "pattern": "\\S"},
     "bbox": {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4, "nullable": True},
     "outputs": {"type": "array", "items": {"type": "object", "required": ["path"], "properties": {
         "path": _STR, "task": {"type": "string", "enum": list(TASKS)}, "layer": _STR,
         "classes": {"type": "array", "items": _STR}}}},
     "jobs": {"type": "array", "items": _STR},
-    "models": {"type": "object", "additionalProperties": _STR},
-    "output_dir": _STR,
-    "history": {"type": "array", "items": {"type": "object", "properties": {"role": _STR, "content": _STR}}},
-    "backend": {"oneOf": [_STR, {"type": "object"}]},
+    "models": {"type": "object", "additionalProperties": False,
+               "properties": {t: {"type": "string", "minLength": 1, "description": "model id"} for t in TASKS}},
+    "output_dir": {"type": "string", "pattern": "^(?![\\s\\S]*/\\.\\.(/|$))/",
+                   "description": "absolute folder for model outputs, no '..' (default: a temp dir)"},
+    "history": {"type": "array", "items": {"type": "object", "required": ["role", "content"], "properties": {
+        "role": {"type": "string", "enum": ["user", "assistant"]}, "content": _STR}}},
+    "backend": {"oneOf": [{"type": "string", "enum": list(BACKEND_NAMES)},
+                          {"type": "object", "required": ["name"], "properties": {
+                              "name": {"type": "string", "enum": list(BACKEND_NAMES)}}}]},
     "mode": {"type": "string", "enum": list(MODES)},
-    "score_threshold": {"type": "number"}, "max_tokens": {"type": "integer"},
+    "score_threshold": {"type": "number", "minimum": 0, "maximum": 1},
+    "max_tokens": {"type": "integer", "minimum": 1, "maximum": 4096},
     "include_facts": {"type": "boolean"}}}
 CHAT_ANSWER = {"type": "object", "properties": {
     "text": _STR, "intent": _STR, "mode": _STR, "cited": {"type": "array", "items": _STR},
@@ -90,7 +99,7 @@ def _parse(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadRequestError('send a JSON object like {"raster": "/abs/in.tif", "question": "How many ships?", '
                               '"outputs": [...]}')
-    if not isinstance(body.get("raster"), str) or not body["raster"]:
+    if not isinstance(body.get("raster"), str) or not body["raster"] or not body["raster"].startswith("/"):
         raise BadRequestError("'raster' must be the absolute path of the selected raster layer's file")
     if not isinstance(body.get("question"), str) or not body["question"].strip():
         raise BadRequestError("'question' must be a non-empty string")
@@ -103,8 +112,42 @@ def _parse(body: Any) -> dict[str, Any]:
     for key in ("outputs", "jobs", "history"):
         if body.get(key) is not None and not isinstance(body[key], list):
             raise BadRequestError(f"'{key}' must be a list")
-    if body.get("models") is not None and not isinstance(body["models"], dict):
+    if body.get("models") is not None and (not isinstance(body["models"], dict)
+                                           or not all(isinstance(v, str) and v for v in body["models"].values())):
         raise BadRequestError("'models' must be an object {task: model id}")
+    if unknown := sorted(set(body.get("models") or {}) - set(TASKS)):
+        raise BadRequestError(f"unknown task(s) {unknown} in 'models'; use one of {', '.join(TASKS)}")
+    for o in body.get("outputs") or []:
+        if not isinstance(o, dict) or not isinstance(o.get("path"), str) or not all(
+                o.get(k) is None or isinstance(o[k], str) for k in ("task", "layer", "model")):
+            raise BadRequestError('each entry of \'outputs\' must be {"path": "/abs/file", "task": ..., '
+                                  '"layer": ...} with string values')
+        if o.get("classes") is not None and (not isinstance(o["classes"], list)
+                                             or not all(isinstance(c, str) for c in o["classes"])):
+            raise BadRequestError("'classes' of an output must be a list of class names")
+    if not all(isinstance(j, str) for j in body.get("jobs") or []):
+        raise BadRequestError("'jobs' must be a list of job ids (strings)")
+    for h in body.get("history") or []:
+        if not isinstance(h, dict) or h.get("role") not in ("user", "assistant") or not isinstance(
+                h.get("content"), str):
+            raise BadRequestError('each entry of \'history\' must be {"role": "user"|"assistant", '
+                                  '"content": "..."}')
+    spec = body.get("backend")
+    name = spec.get("name") if isinstance(spec, dict) else spec
+    if spec is not None and name not in BACKEND_NAMES:
+        raise BadRequestError(f"'backend' must be one of {', '.join(BACKEND_NAMES)} (or an object with that "
+                              f"'name'), got {name!r}")
+    thr = body.get("score_threshold", 0.3)
+    if isinstance(thr, bool) or not isinstance(thr, int | float) or not 0 <= thr <= 1:
+        raise BadRequestError(f"'score_threshold' must be a number between 0 and 1, got {thr!r}")
+    mt = body.get("max_tokens", 160)
+    if isinstance(mt, bool) or not isinstance(mt, int) or not 1 <= mt <= 4096:
+        raise BadRequestError(f"'max_tokens' must be an integer between 1 and 4096, got {mt!r}")
+    out_dir = body.get("output_dir")
+    if out_dir is not None and (not isinstance(out_dir, str) or not out_dir.startswith("/")
+                                or ".." in Path(out_dir).parts):
+        raise BadRequestError("'output_dir' must be an absolute folder path without '..' (or left out for a "
+                              "temporary folder)")
     return body
 
 
@@ -168,8 +211,7 @@ def _run_models(body: dict, app: Any, status: Any, cancel: threading.Event | Non
             continue
         req = {"task": task, "model": model, "inputs": {"raster": raster},
                "output_dir": str(Path(out_root) / task), "options": {"bbox": bbox} if bbox else {}}
-        Path(req["output_dir"]).mkdir(parents=True, exist_ok=True)
-        job = create_job(app, req)
+        job = create_job(app, req)  # validates the model first, then creates output_dir (check_output_dir)
         app.jobs.submit(job)
         pending.append((key, job))
     for key, job in pending:

@@ -23,6 +23,7 @@ def test_md_table_formats_rows_and_floats() -> None:
 
 def test_command_line_drops_out_argument(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)  # the figures' environment, not this test's
     cmd = common.command_line("bench_naive.py", ["--base", "512", "--out", "docs/x.md", "--threads", "1"])
     assert cmd == ".venv/bin/python benchmarks/bench_naive.py --base 512 --threads 1"
     assert "--out" not in common.command_line("b.py", ["--out=docs/x.md"])

@@ -86,7 +86,7 @@ def test_chat_facts_endpoint(server, chat_fixture):
     ({"question": "x"}, "bad_request", 400),
     ({"raster": "/nope/missing.tif", "question": "How many ships?"}, "bad_chat_input", 400),
     ({"raster": "RASTER", "question": "x", "mode": "poetry"}, "bad_request", 400),
-    ({"raster": "RASTER", "question": "x", "backend": "gpt-9"}, "chat_backend_unavailable", 503),
+    ({"raster": "RASTER", "question": "x", "backend": "gpt-9"}, "bad_request", 400),
     ({"raster": "RASTER", "question": "x", "jobs": ["deadbeef"]}, "job_not_found", 404),
 ])
 def test_errors_have_the_error_shape(server, chat_fixture, bad, code, status):
