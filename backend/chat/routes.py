@@ -48,17 +48,17 @@ log = logging.getLogger(__name__)
 _STR = {"type": "string"}
 BACKEND_NAMES = ("template", "none", "builtin", "openai", "hf_dir")  # what chat.lm.make_backend knows
 CHAT_REQUEST = {"type": "object", "required": ["raster", "question"], "properties": {
-    "raster": {"type": "string", "minLength": 1, "pattern": "^/",
+    "raster": {"type": "string", "minLength": 1, "pattern": "^/[^\\u0000]*$",
                "description": "absolute path of the selected raster layer's file"},
     "question": {"type": "string", "minLength": 1, "pattern": "\\S"},
     "bbox": {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4, "nullable": True},
     "outputs": {"type": "array", "items": {"type": "object", "required": ["path"], "properties": {
-        "path": _STR, "task": {"type": "string", "enum": list(TASKS)}, "layer": _STR,
+        "path": {"type": "string", "pattern": "^[^\\u0000]*$"}, "task": {"type": "string", "enum": list(TASKS)}, "layer": _STR,
         "classes": {"type": "array", "items": _STR}}}},
     "jobs": {"type": "array", "items": _STR},
     "models": {"type": "object", "additionalProperties": False,
                "properties": {t: {"type": "string", "minLength": 1, "description": "model id"} for t in TASKS}},
-    "output_dir": {"type": "string", "pattern": "^(?![\\s\\S]*/\\.\\.(/|$))/",
+    "output_dir": {"type": "string", "pattern": "^(?![\\s\\S]*/\\.\\.(/|$))/[^\\u0000]*$",
                    "description": "absolute folder for model outputs, no '..' (default: a temp dir)"},
     "history": {"type": "array", "items": {"type": "object", "required": ["role", "content"], "properties": {
         "role": {"type": "string", "enum": ["user", "assistant"]}, "content": _STR}}},
@@ -99,7 +99,8 @@ def _parse(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadRequestError('send a JSON object like {"raster": "/abs/in.tif", "question": "How many ships?", '
                               '"outputs": [...]}')
-    if not isinstance(body.get("raster"), str) or not body["raster"] or not body["raster"].startswith("/"):
+    raster = body.get("raster")
+    if not isinstance(raster, str) or not raster.startswith("/") or "\0" in raster:
         raise BadRequestError("'raster' must be the absolute path of the selected raster layer's file")
     if not isinstance(body.get("question"), str) or not body["question"].strip():
         raise BadRequestError("'question' must be a non-empty string")
@@ -118,7 +119,7 @@ def _parse(body: Any) -> dict[str, Any]:
     if unknown := sorted(set(body.get("models") or {}) - set(TASKS)):
         raise BadRequestError(f"unknown task(s) {unknown} in 'models'; use one of {', '.join(TASKS)}")
     for o in body.get("outputs") or []:
-        if not isinstance(o, dict) or not isinstance(o.get("path"), str) or not all(
+        if not isinstance(o, dict) or not isinstance(o.get("path"), str) or "\0" in o["path"] or not all(
                 o.get(k) is None or isinstance(o[k], str) for k in ("task", "layer", "model")):
             raise BadRequestError('each entry of \'outputs\' must be {"path": "/abs/file", "task": ..., '
                                   '"layer": ...} with string values')
@@ -144,7 +145,7 @@ def _parse(body: Any) -> dict[str, Any]:
     if isinstance(mt, bool) or not isinstance(mt, int) or not 1 <= mt <= 4096:
         raise BadRequestError(f"'max_tokens' must be an integer between 1 and 4096, got {mt!r}")
     out_dir = body.get("output_dir")
-    if out_dir is not None and (not isinstance(out_dir, str) or not out_dir.startswith("/")
+    if out_dir is not None and (not isinstance(out_dir, str) or not out_dir.startswith("/") or "\0" in out_dir
                                 or ".." in Path(out_dir).parts):
         raise BadRequestError("'output_dir' must be an absolute folder path without '..' (or left out for a "
                               "temporary folder)")
