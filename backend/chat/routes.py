@@ -29,6 +29,7 @@ backend's own job machinery (``backend.tasks.create_job`` + the app's ``JobManag
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 import threading
 import time
@@ -48,7 +49,7 @@ log = logging.getLogger(__name__)
 _STR = {"type": "string"}
 BACKEND_NAMES = ("template", "none", "builtin", "openai", "hf_dir")  # what chat.lm.make_backend knows
 CHAT_REQUEST = {"type": "object", "required": ["raster", "question"], "properties": {
-    "raster": {"type": "string", "minLength": 1, "pattern": "^/[^\\u0000]*$",
+    "raster": {"type": "string", "minLength": 1, "pattern": "^(/|[A-Za-z]:[\\\\/])[^\\u0000]*$",
                "description": "absolute path of the selected raster layer's file"},
     "question": {"type": "string", "minLength": 1, "pattern": "\\S"},
     "bbox": {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4, "nullable": True},
@@ -58,7 +59,7 @@ CHAT_REQUEST = {"type": "object", "required": ["raster", "question"], "propertie
     "jobs": {"type": "array", "items": _STR},
     "models": {"type": "object", "additionalProperties": False,
                "properties": {t: {"type": "string", "minLength": 1, "description": "model id"} for t in TASKS}},
-    "output_dir": {"type": "string", "pattern": "^(?![\\s\\S]*/\\.\\.(/|$))/[^\\u0000]*$",
+    "output_dir": {"type": "string", "pattern": "^(?![\\s\\S]*[\\\\/]\\.\\.([\\\\/]|$))(/|[A-Za-z]:[\\\\/])[^\\u0000]*$",
                    "description": "absolute folder for model outputs, no '..' (default: a temp dir)"},
     "history": {"type": "array", "items": {"type": "object", "required": ["role", "content"], "properties": {
         "role": {"type": "string", "enum": ["user", "assistant"]}, "content": _STR}}},
@@ -95,12 +96,20 @@ def _file_key(p: str) -> tuple[str, float, int]:
         return (p, 0.0, 0)
 
 
+def _is_abs(path: str) -> bool:
+    """An absolute POSIX (``/...``) or Windows drive (``C:\\...``, ``C:/...``) path without NUL bytes.
+
+    Deliberately independent of the server's OS so the documented pattern is exact; a Windows path on a
+    POSIX server then fails later as a missing file (4xx), not here."""
+    return bool(re.match(r"(/|[A-Za-z]:[\\/])", path)) and "\0" not in path
+
+
 def _parse(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadRequestError('send a JSON object like {"raster": "/abs/in.tif", "question": "How many ships?", '
                               '"outputs": [...]}')
     raster = body.get("raster")
-    if not isinstance(raster, str) or not raster.startswith("/") or "\0" in raster:
+    if not isinstance(raster, str) or not _is_abs(raster):
         raise BadRequestError("'raster' must be the absolute path of the selected raster layer's file")
     if not isinstance(body.get("question"), str) or not body["question"].strip():
         raise BadRequestError("'question' must be a non-empty string")
@@ -145,8 +154,8 @@ def _parse(body: Any) -> dict[str, Any]:
     if isinstance(mt, bool) or not isinstance(mt, int) or not 1 <= mt <= 4096:
         raise BadRequestError(f"'max_tokens' must be an integer between 1 and 4096, got {mt!r}")
     out_dir = body.get("output_dir")
-    if out_dir is not None and (not isinstance(out_dir, str) or not out_dir.startswith("/") or "\0" in out_dir
-                                or ".." in Path(out_dir).parts):
+    if out_dir is not None and (not isinstance(out_dir, str) or not _is_abs(out_dir)
+                                or ".." in re.split(r"[\\/]", out_dir)):
         raise BadRequestError("'output_dir' must be an absolute folder path without '..' (or left out for a "
                               "temporary folder)")
     return body

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 schemathesis = pytest.importorskip("schemathesis")
+import jsonschema_rs  # noqa: E402 - installed with schemathesis
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 
 from backend.openapi import build_openapi  # noqa: E402
@@ -127,3 +128,24 @@ def test_undocumented_methods_get_json_405(rapi):
         status, body = rapi.request(method, "/api/v1/health")
         assert status == 405, (method, body)
         assert body["error"]["code"] == "method_not_allowed"
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/api/v1/chat", {"raster": "", "question": "How many ships?"}),
+    ("/api/v1/chat", {"raster": "relative/in.tif", "question": "How many ships?"}),
+    ("/api/v1/chat", {"raster": "/in\u0000.tif", "question": "How many ships?"}),
+    ("/api/v1/chat/facts", {"raster": "/in.tif", "outputs": [{"path": "/det\u0000.gpkg"}]}),
+    ("/api/v1/chat/jobs", {"raster": "/in.tif", "question": "x", "output_dir": "/tmp/a/../b"}),
+    ("/api/v1/chat/jobs", {"raster": "/in.tif", "question": "x", "models": {"not_a_task": "m"}}),
+    ("/api/v1/chat", {"raster": "/in.tif", "question": "x", "history": [{"role": "system", "content": "y"}]}),
+    ("/api/v1/chat", {"raster": "/in.tif", "question": "x", "max_tokens": 0}),
+    ("/api/v1/hub/install", {"repo_id": "org--x/name"}),
+    ("/api/v1/hub/install", {"repo_id": "org/name", "revision": " "}),
+    ("/api/v1/hub/verify", {"model": "hf://org/name@a..b"}),
+])
+def test_hub_and_chat_refuse_what_their_schema_refuses(path, body, rapi):
+    """Each body breaks the documented schema, and the handler refuses it with a 400 in the error shape."""
+    schema = build_openapi()["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert not jsonschema_rs.Draft4Validator(schema).is_valid(body), "the documented schema allows it"
+    status, out = rapi.request("POST", path, body)  # ... and the handler refuses it too
+    assert status == 400 and out["error"]["code"] in VALIDATION_CODES, (status, out)
