@@ -145,3 +145,73 @@ class OutputWriteError(RsfmError, OSError):
 
     code = "output_write_failed"
     http_status = 507
+
+
+# -- Hugging Face Hub (raised by backend.hub) -----------------------------------------------------------------
+class HubError(RsfmError):
+    """Something went wrong talking to the Hub (502: the upstream answered badly)."""
+
+    code = "hub_error"
+    http_status = 502
+
+
+class HubReferenceError(BadRequestError):
+    """A model reference is not of the form ``hf://ORG/NAME[@REVISION]``."""
+
+    code = "invalid_hub_reference"
+
+
+class HubRepoNotFoundError(ModelNotFoundError):
+    """No such repo on the endpoint, or it is private and the token cannot see it (404)."""
+
+    code = "hub_repo_not_found"
+
+
+class HubRevisionNotFoundError(ModelNotFoundError):
+    """The repo exists but the branch / commit does not (404)."""
+
+    code = "hub_revision_not_found"
+
+
+class HubGatedRepoError(HubError, PermissionError):
+    """The repo is gated and this token has not been granted access (403)."""
+
+    code = "hub_gated_repo"
+    http_status = 403
+
+
+class HubAuthError(HubError, PermissionError):
+    """The Hub rejected the token (invalid, expired, or without the needed permission) (403).
+
+    403 rather than 401: a 401 from the backend means the *backend's* token is wrong.
+    """
+
+    code = "hub_auth_failed"
+    http_status = 403
+
+
+class HubUnreachableError(HubError, ConnectionError):
+    """The endpoint cannot be reached (connection refused, DNS, proxy, timeout) (503)."""
+
+    code = "hub_unreachable"
+    http_status = 503
+
+
+class HubOfflineError(HubError, LookupError):
+    """Offline mode is on (or the Hub is unreachable) and the package is not (completely) in the cache (503)."""
+
+    code = "hub_offline_not_cached"
+    http_status = 503
+
+
+class HubIntegrityError(HubError, OSError):
+    """A downloaded file does not match the hash the Hub reported; it was deleted (502)."""
+
+    code = "hub_checksum_mismatch"
+    http_status = 502
+
+
+class HubDownloadCancelled(JobCancelled):  # noqa: N818 - a control-flow signal, like JobCancelled
+    """The download was cancelled through its ``cancel`` event; partial files are kept for resuming."""
+
+    code = "cancelled"

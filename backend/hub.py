@@ -52,7 +52,21 @@ from huggingface_hub.file_download import http_get, repo_folder_name
 from huggingface_hub.utils import WeakFileLock, build_hf_headers
 
 from backend import __version__
-from backend.errors import BadRequestError, JobCancelled, ModelNotFoundError, RsfmError
+from backend.errors import (  # the Hub errors live with every other error; re-exported here for callers
+    BadRequestError,
+    HubAuthError,
+    HubDownloadCancelled,
+    HubError,
+    HubGatedRepoError,
+    HubIntegrityError,
+    HubOfflineError,
+    HubReferenceError,
+    HubRepoNotFoundError,
+    HubRevisionNotFoundError,
+    HubUnreachableError,
+    JobCancelled,
+    RsfmError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,78 +76,6 @@ LIBRARY_NAME = "rsfm"
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 _REPO_PART_RE = re.compile(r"^[A-Za-z0-9](?:[\w.-]{0,94}[\w])?$")
 ProgressFn = Callable[[float, str], None]
-
-
-# --------------------------------------------------------------------------------------------------------
-# Errors
-# --------------------------------------------------------------------------------------------------------
-class HubError(RsfmError):
-    """Something went wrong talking to the Hub (502: the upstream answered badly)."""
-
-    code = "hub_error"
-    http_status = 502
-
-
-class HubReferenceError(BadRequestError):
-    """A model reference is not of the form ``hf://ORG/NAME[@REVISION]``."""
-
-    code = "invalid_hub_reference"
-
-
-class HubRepoNotFoundError(ModelNotFoundError):
-    """No such repo on the endpoint, or it is private and the token cannot see it (404)."""
-
-    code = "hub_repo_not_found"
-
-
-class HubRevisionNotFoundError(ModelNotFoundError):
-    """The repo exists but the branch / commit does not (404)."""
-
-    code = "hub_revision_not_found"
-
-
-class HubGatedRepoError(HubError, PermissionError):
-    """The repo is gated and this token has not been granted access (403)."""
-
-    code = "hub_gated_repo"
-    http_status = 403
-
-
-class HubAuthError(HubError, PermissionError):
-    """The Hub rejected the token (invalid, expired, or without the needed permission) (403).
-
-    403 rather than 401: a 401 from the backend means the *backend's* token is wrong.
-    """
-
-    code = "hub_auth_failed"
-    http_status = 403
-
-
-class HubUnreachableError(HubError, ConnectionError):
-    """The endpoint cannot be reached (connection refused, DNS, proxy, timeout) (503)."""
-
-    code = "hub_unreachable"
-    http_status = 503
-
-
-class HubOfflineError(HubError, LookupError):
-    """Offline mode is on (or the Hub is unreachable) and the package is not (completely) in the cache (503)."""
-
-    code = "hub_offline_not_cached"
-    http_status = 503
-
-
-class HubIntegrityError(HubError, OSError):
-    """A downloaded file does not match the hash the Hub reported; it was deleted (502)."""
-
-    code = "hub_checksum_mismatch"
-    http_status = 502
-
-
-class HubDownloadCancelled(JobCancelled):  # noqa: N818 - a control-flow signal, like JobCancelled
-    """The download was cancelled through its ``cancel`` event; partial files are kept for resuming."""
-
-    code = "cancelled"
 
 
 # --------------------------------------------------------------------------------------------------------
