@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.utils.checkpoint as torch_checkpoint
 
 from training.models.registry import register_model
-from training.models.vit_rvsa import DropPath, Mlp, check_level_indices
+from training.models.vit_rvsa import DropPath, Mlp, check_level_indices, init_linear_and_norm_
 from training.ops.dcnv3 import DCNv3
 
 __all__ = ["InternImage", "InternImageConfig", "checkpoint_filter_fn", "internimage_t", "internimage_xl"]
@@ -220,14 +220,7 @@ class InternImage(nn.Module):
 
     def _init_weights(self) -> None:
         """Official init: trunc-normal 0.02 linears, LN 1/0, then DCNv3's own reset (zero offsets/masks)."""
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_linear_and_norm_(self)
         for m in self.modules():
             if isinstance(m, DCNv3):
                 m.reset_parameters()

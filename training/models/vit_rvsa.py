@@ -205,6 +205,18 @@ def swin_relative_position_index(ws: int) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------- blocks
 
 
+def init_linear_and_norm_(module: nn.Module) -> None:
+    """The official ViT/InternImage init: trunc-normal(0.02) linear weights, zero biases, LayerNorm 1/0."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 class Mlp(nn.Module):
     """``fc1 -> GELU(erf) -> fc2`` on the last dimension: ViT tokens ``(B, N, C)`` or InternImages channels-last maps."""
 
@@ -493,14 +505,7 @@ class ViTRVSA(nn.Module):
         """Official init (trunc-normal 0.02 linears and pos_embed, LN 1/0, depth-rescaled output projections);
         only matters when training from scratch."""
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_linear_and_norm_(self)
         with torch.no_grad():
             for i, blk in enumerate(self.blocks):
                 blk.attn.proj.weight.div_(math.sqrt(2.0 * (i + 1)))
