@@ -167,6 +167,24 @@ def iface(qgis_app):
     return QgisTestInterface()
 
 
+def write_noise_raster(path: str, size_px: int = 1024) -> str:
+    """A 3-band uint8 GeoTIFF (EPSG:32640, 1 m) of seeded noise, big enough that a job is still running
+    when a test cancels it (~400 tiles of 64 px)."""
+    import numpy as np
+    from osgeo import gdal, osr
+
+    ds = gdal.GetDriverByName("GTiff").Create(path, size_px, size_px, 3, gdal.GDT_Byte)
+    ds.SetGeoTransform((500000.0, 1.0, 0.0, 2800000.0, 0.0, -1.0))
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32640)
+    ds.SetProjection(srs.ExportToWkt())
+    rng = np.random.default_rng
+    for b in range(3):
+        ds.GetRasterBand(b + 1).WriteArray(rng(b).integers(0, 255, (size_px, size_px), dtype=np.uint8))
+    ds = None
+    return path
+
+
 def wait_for(predicate, timeout_s: float = 60.0) -> bool:
     """Spin the Qt event loop until ``predicate()`` is true (task-manager callbacks need the loop)."""
     import time

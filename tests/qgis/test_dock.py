@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("qgis.core")
 
-from conftest import wait_for  # noqa: E402
+from conftest import wait_for, write_noise_raster  # noqa: E402
 
 
 def _add_raster(project, path, name):
@@ -96,19 +96,10 @@ def test_one_band_layer_hides_three_band_models_with_reason(dock, project, raste
 
 
 def test_cancel_stops_the_backend_job_and_adds_no_layer(dock, project, client, tmp_path):
-    import numpy as np
-    from osgeo import gdal, osr
 
     # A raster big enough that the job is still running when Cancel arrives (~400 tiles of 64 px).
     path = str(tmp_path / "big.tif")
-    ds = gdal.GetDriverByName("GTiff").Create(path, 1024, 1024, 3, gdal.GDT_Byte)
-    ds.SetGeoTransform((500000.0, 1.0, 0.0, 2800000.0, 0.0, -1.0))
-    srs = osr.SpatialReference()
-    srs.ImportFromEPSG(32640)
-    ds.SetProjection(srs.ExportToWkt())
-    for b in range(3):
-        ds.GetRasterBand(b + 1).WriteArray(np.random.default_rng(b).integers(0, 255, (1024, 1024), dtype=np.uint8))
-    ds = None
+    write_noise_raster(path)
     src = _add_raster(project, path, "big")
     n_layers = len(project.mapLayers())
     page = dock.pages["semantic_segmentation"]

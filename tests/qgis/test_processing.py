@@ -158,20 +158,11 @@ def test_cancel_reaches_the_backend(provider, backend, client, tmp_path):
     """feedback.cancel() during the run cancels the backend job; nothing is written."""
     import threading
 
-    import numpy as np
     import processing
-    from osgeo import gdal, osr
+    from conftest import write_noise_raster
     from qgis.core import QgsProcessingContext, QgsProcessingException, QgsProcessingFeedback
 
-    path = str(tmp_path / "big.tif")
-    ds = gdal.GetDriverByName("GTiff").Create(path, 1024, 1024, 3, gdal.GDT_Byte)
-    ds.SetGeoTransform((500000.0, 1.0, 0.0, 2800000.0, 0.0, -1.0))
-    srs = osr.SpatialReference()
-    srs.ImportFromEPSG(32640)
-    ds.SetProjection(srs.ExportToWkt())
-    for b in range(3):
-        ds.GetRasterBand(b + 1).WriteArray(np.random.default_rng(b).integers(0, 255, (1024, 1024), dtype=np.uint8))
-    ds = None
+    path = write_noise_raster(str(tmp_path / "big.tif"))
     feedback = QgsProcessingFeedback()
     before = {j.id for j in client.jobs()}
 
