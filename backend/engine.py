@@ -141,6 +141,13 @@ class RasterSource:
         self.std = np.asarray(std, dtype=np.float32)[:, None, None]
         self.after = after
         self._src = rasterio.open(plan.path)
+        # options.aoi: pixels outside its polygons read as invalid, tiles not overlapping it are not run
+        self.aoi_grid = None
+        if getattr(plan, "aoi", None) is not None:
+            from backend.aoi import AoiGrid
+
+            self.aoi_grid = AoiGrid(plan.aoi, plan.window_transform)
+        self.tiles_skipped = 0  # tiles not run because they lie outside the aoi (job statistics)
         self._vrt = None
         self._src_after = None
         if after is not None:
@@ -177,13 +184,20 @@ class RasterSource:
         return x, valid
 
     def read(self, win: Window) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-        """Read ``win`` (relative to the processing window) -> ``(x CxHxW, x_after or None, valid HxW)``."""
+        """Read ``win`` (relative to the processing window) -> ``(x CxHxW, x_after or None, valid HxW)``.
+
+        ``valid`` is False on nodata and outside the aoi (if any); ``x`` keeps the real pixels outside the aoi
+        so that predictions near the polygons' edges still see their context.
+        """
         aw = self._abs(win)
         x, valid = self._read_one(self._src, self.plan.bands, aw)
-        if self._vrt is None or self.after is None:
-            return x, None, valid
-        xa, valid_a = self._read_one(self._vrt, self.after.bands, aw)
-        return x, xa, valid & valid_a
+        xa = None
+        if self._vrt is not None and self.after is not None:
+            xa, valid_a = self._read_one(self._vrt, self.after.bands, aw)
+            valid = valid & valid_a
+        if self.aoi_grid is not None:
+            valid &= self.aoi_grid.mask(win)
+        return x, xa, valid
 
 
 def _pad_to(x: np.ndarray, size: int) -> np.ndarray:
@@ -206,7 +220,8 @@ def _as_logits(out: object, n: int, size: int) -> np.ndarray:
 
 
 def predict_block(source_x: np.ndarray, source_xa: np.ndarray | None, model: ModelFn, params: EngineParams,
-                  weights: np.ndarray, on_batch: Callable[[int], None]) -> np.ndarray:
+                  weights: np.ndarray, on_batch: Callable[[int], None], keep: np.ndarray | None = None
+                  ) -> np.ndarray:
     """Blend the tiled logits of one read window: ``C x H x W`` -> class-score map ``K x H x W``.
 
     Args:
@@ -216,6 +231,8 @@ def predict_block(source_x: np.ndarray, source_xa: np.ndarray | None, model: Mod
         params: tiling.
         weights: ``T x T`` blending weights.
         on_batch: called with the number of tiles after each batch (progress, cancellation).
+        keep: optional bool per tile (row-major tile order): tiles marked False are not run (outside the aoi);
+            pixels no run tile covers get scores 0 (the caller masks them).
 
     Returns:
         Weighted mean of the overlapping tiles' logits, ``K x H x W`` float32.
@@ -223,6 +240,8 @@ def predict_block(source_x: np.ndarray, source_xa: np.ndarray | None, model: Mod
     _, h, w = source_x.shape
     t = params.tile_size_px
     tiles = [(y, x) for y in tile_origins(h, t, params.stride) for x in tile_origins(w, t, params.stride)]
+    if keep is not None:
+        tiles = [yx for yx, k in zip(tiles, keep, strict=True) if k]
     acc: np.ndarray | None = None
     wsum = np.zeros((h, w), dtype=np.float32)
     for i in range(0, len(tiles), params.batch_size):
@@ -242,7 +261,7 @@ def predict_block(source_x: np.ndarray, source_xa: np.ndarray | None, model: Mod
         on_batch(len(batch))
     if acc is None:  # no tile at all: only for an empty window, which planning refuses
         raise BadRequestError(f"nothing to process in a {h} x {w} px window")
-    acc /= wsum
+    np.divide(acc, wsum, out=acc, where=wsum > 0)
     return acc
 
 
@@ -256,24 +275,61 @@ def dense_blocks(source: RasterSource, params: EngineParams) -> list[Block]:
     return iter_blocks(int(win.height), int(win.width), params.block_size_px, params.tile_overlap_px)
 
 
+def block_tile_keep(source: RasterSource, block: Block, params: EngineParams) -> np.ndarray | None:
+    """Which tiles of ``block``'s read window (row-major) overlap the aoi inside the block's core; None: all.
+
+    A tile whose share of the core holds no aoi area only changes pixels that end up nodata (or that the
+    neighbouring block computes itself), so it is not run.
+    """
+    grid = source.aoi_grid
+    if grid is None:
+        return None
+    t, s = params.tile_size_px, params.stride
+    h, w = int(block.read.height), int(block.read.width)
+    yy, xx = np.meshgrid(tile_origins(h, t, s), tile_origins(w, t, s), indexing="ij")
+    yy, xx = yy.ravel(), xx.ravel()
+    ro, co = int(block.read.row_off), int(block.read.col_off)
+    cr0, cc0 = int(block.core.row_off), int(block.core.col_off)
+    cr1, cc1 = cr0 + int(block.core.height), cc0 + int(block.core.width)
+    r0, c0 = np.maximum(ro + yy, cr0), np.maximum(co + xx, cc0)
+    r1, c1 = np.minimum(ro + yy + np.minimum(t, h - yy), cr1), np.minimum(co + xx + np.minimum(t, w - xx), cc1)
+    nonempty = (r1 > r0) & (c1 > c0)
+    return nonempty & grid.overlaps(r0, c0, r1, c1)
+
+
 def run_dense(source: RasterSource, model: ModelFn, params: EngineParams, sink: BlockSink,
-              progress: ProgressFn, skip: Collection[int] = ()) -> None:
+              progress: ProgressFn, skip: Collection[int] = (), n_classes: int | None = None) -> None:
     """Run a dense model over the whole processing window, block by block, calling ``sink`` per block.
 
     ``sink`` receives the block's core window and its blended scores (``K x h x w``) and validity mask; it
     runs on a writer thread, one block behind, so it must not touch the model. Blocks whose index (in
     :func:`dense_blocks` order) is in ``skip`` are neither read nor run (a resumed job already has them);
     their tiles count as done for progress.
+
+    With an aoi, tiles that do not overlap it are not run (:func:`block_tile_keep`, counted in
+    ``source.tiles_skipped``); a block with no such tile is not even read: given ``n_classes``, the sink gets
+    zero scores and an all-False mask for it (without ``n_classes`` it is run as usual).
     """
     all_blocks = dense_blocks(source, params)
-    total = count_tiles(all_blocks, params)
+    keeps = [block_tile_keep(source, b, params) for b in all_blocks]
+    per_block = [count_tiles([b], params) if kp is None else int(kp.sum())
+                 for b, kp in zip(all_blocks, keeps, strict=True)]
+    total = sum(per_block)
     skip_set = set(skip)
-    blocks = [b for i, b in enumerate(all_blocks) if i not in skip_set]
-    done = count_tiles([b for i, b in enumerate(all_blocks) if i in skip_set], params)
-    if not blocks:
+    todo = [i for i in range(len(all_blocks)) if i not in skip_set]
+    done = sum(per_block[i] for i in skip_set if i < len(all_blocks))
+    source.tiles_skipped += sum(len(keeps[i]) - int(keeps[i].sum()) for i in todo if keeps[i] is not None)
+    if not todo:
         progress(done, total)
         return
     weights = blend_weights(params.tile_size_px, params.tile_overlap_px)
+
+    def outside(i: int) -> bool:
+        kp = keeps[i]
+        return kp is not None and n_classes is not None and not kp.any()
+
+    def load(i: int):
+        return None if outside(i) else source.read(all_blocks[i].read)
 
     def tick(n: int) -> None:
         nonlocal done
@@ -282,20 +338,30 @@ def run_dense(source: RasterSource, model: ModelFn, params: EngineParams, sink: 
 
     with ThreadPoolExecutor(1, thread_name_prefix="rsfm-read") as reader, \
             ThreadPoolExecutor(1, thread_name_prefix="rsfm-write") as writer:
-        pending_read: Future = reader.submit(source.read, blocks[0].read)
+        pending_read: Future = reader.submit(load, todo[0])
         pending_write: Future | None = None
         try:
-            for i, block in enumerate(blocks):
-                x, xa, valid = pending_read.result()
-                if i + 1 < len(blocks):
-                    pending_read = reader.submit(source.read, blocks[i + 1].read)
-                scores = predict_block(x, xa, model, params, weights, tick)
-                # crop the halo: core window relative to the read window
-                r0 = int(block.core.row_off - block.read.row_off)
-                c0 = int(block.core.col_off - block.read.col_off)
+            for n, bi in enumerate(todo):
+                block = all_blocks[bi]
+                item = pending_read.result()
+                if n + 1 < len(todo):
+                    pending_read = reader.submit(load, todo[n + 1])
                 hh, ww = int(block.core.height), int(block.core.width)
-                core_scores = scores[:, r0: r0 + hh, c0: c0 + ww]
-                core_valid = valid[r0: r0 + hh, c0: c0 + ww]
+                if item is None:  # entirely outside the aoi: nodata, no read, no model call
+                    k = n_classes or 1
+                    core_scores = np.broadcast_to(np.zeros((k, 1, 1), np.float32), (k, hh, ww))
+                    core_valid = np.zeros((hh, ww), dtype=bool)
+                else:
+                    x, xa, valid = item
+                    kp = keeps[bi]
+                    if kp is not None and not kp.any():  # outside the aoi, but no n_classes: run it all
+                        kp = None
+                    scores = predict_block(x, xa, model, params, weights, tick, keep=kp)
+                    # crop the halo: core window relative to the read window
+                    r0 = int(block.core.row_off - block.read.row_off)
+                    c0 = int(block.core.col_off - block.read.col_off)
+                    core_scores = scores[:, r0: r0 + hh, c0: c0 + ww]
+                    core_valid = valid[r0: r0 + hh, c0: c0 + ww]
                 if pending_write is not None:
                     pending_write.result()  # at most one block waits for the disk
                 pending_write = writer.submit(sink, block.core, core_scores, core_valid)
@@ -326,17 +392,36 @@ def sparse_tiles(height: int, width: int, params: EngineParams) -> list[TileInfo
             for i, y in enumerate(ys) for j, x in enumerate(xs)]
 
 
-def iter_tile_batches(source: RasterSource, params: EngineParams
+def tile_batches(height: int, width: int, params: EngineParams, aoi_grid=None) -> list[list[TileInfo]]:
+    """The batches :func:`iter_tile_batches` walks, in its order: row-major tiles, ``batch_size`` at a time.
+
+    Batch indices are stable for a given window and parameters, which is what lets a resumed sparse job skip
+    the batches its journal lists (and keeps every other batch's composition, hence its model outputs).
+    With ``aoi_grid`` (``RasterSource.aoi_grid``), only tiles whose owned span overlaps the aoi are batched.
+    """
+    tiles = sparse_tiles(height, width, params)
+    if aoi_grid is not None and tiles:
+        keep = aoi_grid.overlaps([ti.core_rows[0] for ti in tiles], [ti.core_cols[0] for ti in tiles],
+                                 [ti.core_rows[1] for ti in tiles], [ti.core_cols[1] for ti in tiles])
+        tiles = [ti for ti, k in zip(tiles, keep, strict=True) if k]
+    return [tiles[i: i + params.batch_size] for i in range(0, len(tiles), params.batch_size)]
+
+
+def iter_tile_batches(source: RasterSource, params: EngineParams, skip: Collection[int] = ()
                       ) -> Iterator[tuple[list[TileInfo], list[np.ndarray], np.ndarray]]:
     """Yield ``(tiles, model_args, valid)`` batches over the processing window, read one batch ahead.
 
     ``model_args`` is ``[x]`` (``B x C x T x T``, short tiles zero-padded), ``valid`` is ``B x T x T`` (False
-    in the padding and on nodata).
+    in the padding and on nodata). Batches whose index (in :func:`tile_batches` order) is in ``skip`` are
+    neither read nor yielded (a resumed job already has their results).
     """
     win = source.plan.window
-    tiles = sparse_tiles(int(win.height), int(win.width), params)
     t = params.tile_size_px
-    batches = [tiles[i: i + params.batch_size] for i in range(0, len(tiles), params.batch_size)]
+    skip_set = set(skip)
+    all_batches = tile_batches(int(win.height), int(win.width), params, source.aoi_grid)
+    # tiles outside the aoi are not in any batch
+    source.tiles_skipped += n_grid(int(win.height), int(win.width), params) - sum(len(b) for b in all_batches)
+    batches = [b for i, b in enumerate(all_batches) if i not in skip_set]
 
     def load(batch: list[TileInfo]):
         xs, xas, vs = [], [], []
@@ -360,6 +445,7 @@ def iter_tile_batches(source: RasterSource, params: EngineParams
 
 
 def n_sparse_tiles(plan: RasterPlan, params: EngineParams) -> int:
+    """Tiles of the sparse grid (all of them: tiles outside an aoi included)."""
     t, s = params.tile_size_px, params.stride
     return len(tile_origins(int(plan.window.height), t, s)) * len(tile_origins(int(plan.window.width), t, s))
 

@@ -12,7 +12,7 @@ import math
 import os
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape  # nosec B406
@@ -205,10 +205,124 @@ class BlockJournal:
         with np.load(self.path / f"b{index}.npz", allow_pickle=False) as z:
             return z["classes"]
 
+    def record_arrays(self, index: int, arrays: dict[str, np.ndarray]) -> None:
+        """Store entry ``index`` as named numeric arrays (no pickles), atomically."""
+        import io
+
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **{k: np.ascontiguousarray(v) for k, v in arrays.items()})
+        atomic_write_bytes(self.path / f"b{index}.npz", buf.getvalue())
+
+    def load_arrays(self, index: int) -> dict[str, np.ndarray]:
+        with np.load(self.path / f"b{index}.npz", allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+
     def remove(self) -> None:
         import shutil
 
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+BatchRecord = dict[str, np.ndarray]  # one tile batch's results: name -> array whose axis 0 runs over its items
+
+
+class BatchJournal:
+    """Per-batch results of a sparse job (detection, scene classification), journalled in units of time.
+
+    A sparse task keeps its per-tile results (detections before the global merge, scene labels) in memory and
+    writes its output only at the end, so a journal entry is a *unit*: the records of the consecutive tile
+    batches finished in about ``interval_s`` seconds of work (one file every few seconds, whatever the
+    model's speed), stored by :class:`BlockJournal` as ``b<first batch>.npz``. Each unit lists its batch
+    indices, so a resumed job skips exactly those batches (their composition, hence the model's outputs, are
+    unchanged) and :meth:`records` hands back every batch's record, journalled or new, in batch order.
+
+    Every record of a job must have the same names; an array may have zero rows.
+    """
+
+    def __init__(self, journal: BlockJournal, interval_s: float, n_batches: int,
+                 clock: Callable[[], float] | None = None) -> None:
+        import time
+        import zipfile
+
+        self.journal = journal
+        self.interval_s = max(0.0, float(interval_s))
+        self._clock = clock or time.monotonic  # seconds
+        self._since = self._clock()
+        self._pending: dict[int, BatchRecord] = {}
+        self._records: dict[int, BatchRecord] = {}
+        for unit in journal.done():
+            try:
+                records = _unpack_unit(journal.load_arrays(unit))
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # (written atomically: unlikely)
+                continue  # its batches are simply computed again
+            self._records.update({i: r for i, r in records.items() if 0 <= i < n_batches})
+        self.resumed: list[int] = sorted(self._records)
+
+    def add(self, batch: int, record: BatchRecord) -> None:
+        """Keep batch ``batch``'s results; write the current unit once it holds ``interval_s`` of work."""
+        self._records[batch] = record
+        self._pending[batch] = record
+        if self._clock() - self._since >= self.interval_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the pending batches as one unit (call once more after the last batch)."""
+        if self._pending:
+            self.journal.record_arrays(min(self._pending), _pack_unit(self._pending))
+            self._pending = {}
+        self._since = self._clock()
+
+    def records(self) -> list[tuple[int, BatchRecord]]:
+        """``(batch index, record)`` of every batch (journalled or computed in this run), in batch order."""
+        return [(i, self._records[i]) for i in sorted(self._records)]
+
+
+def _pack_unit(records: dict[int, BatchRecord]) -> dict[str, np.ndarray]:
+    """Concatenate per-batch records: ``<name>`` (all rows) + ``<name>__rows`` (rows per batch) + ``__batches``."""
+    ids = sorted(records)
+    names = sorted(records[ids[0]])
+    out: dict[str, np.ndarray] = {"__batches": np.asarray(ids, dtype=np.int64)}
+    for name in names:
+        parts = [np.asarray(records[i][name]) for i in ids]
+        out[name] = np.concatenate(parts, axis=0)
+        out[f"{name}__rows"] = np.asarray([len(p) for p in parts], dtype=np.int64)
+    return out
+
+
+def _unpack_unit(arrays: dict[str, np.ndarray]) -> dict[int, BatchRecord]:
+    ids = [int(i) for i in arrays["__batches"]]
+    names = [k for k in arrays if k != "__batches" and not k.endswith("__rows")]
+    out: dict[int, BatchRecord] = {i: {} for i in ids}
+    for name in names:
+        rows = arrays[f"{name}__rows"]
+        if len(rows) != len(ids) or int(rows.sum()) != len(arrays[name]):
+            raise ValueError(f"journal unit damaged: {name} rows do not add up")
+        starts = np.concatenate([[0], np.cumsum(rows)])
+        for k, i in enumerate(ids):
+            out[i][name] = arrays[name][starts[k]: starts[k + 1]]
+    return out
+
+
+def pack_geometries(geoms: list) -> tuple[np.ndarray, np.ndarray]:
+    """Shapely geometries -> (all their WKB bytes as one uint8 array, WKB length per geometry).
+
+    WKB keeps every float64 coordinate and the vertex order, so :func:`unpack_geometries` gives back
+    geometries on which every later operation (NMS, areas, transforms) computes the same numbers.
+    """
+    import shapely
+
+    wkb = [shapely.to_wkb(g) for g in geoms]
+    data = np.frombuffer(b"".join(wkb), dtype=np.uint8).copy()
+    return data, np.asarray([len(w) for w in wkb], dtype=np.int64)
+
+
+def unpack_geometries(data: np.ndarray, lengths: np.ndarray) -> list:
+    import shapely
+
+    buf = np.asarray(data, dtype=np.uint8).tobytes()
+    ends = np.cumsum(lengths)
+    return [shapely.from_wkb(buf[e - n: e]) for e, n in zip(ends.tolist(), np.asarray(lengths).tolist(),
+                                                              strict=True)]
 
 
 def _rgb(color: str) -> tuple[int, int, int]:

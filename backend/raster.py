@@ -18,6 +18,7 @@ import rasterio
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window, from_bounds
 
+from backend.aoi import Aoi, parse_aoi
 from backend.errors import (
     BadRequestError,
     IncompatibleRasterError,
@@ -46,6 +47,7 @@ class RasterPlan:
     gsd_m: float
     nodata: float | None
     warnings: list[str] = field(default_factory=list)
+    aoi: Aoi | None = None  # options.aoi (raster CRS); the window is its bounds (and the bbox's)
 
     @property
     def window_transform(self):
@@ -119,7 +121,7 @@ def _select_bands(src, config: PackageConfig, requested: list[int] | None) -> tu
         code="band_count_mismatch", expected_bands=need, got_bands=src.count)]
 
 
-def _window(src, bbox: Any) -> tuple[Window | None, list[RsfmError]]:
+def _bbox_window(src, bbox: Any) -> tuple[Window | None, list[RsfmError]]:
     full = Window(0, 0, src.width, src.height)
     if bbox is None:
         return full, []
@@ -129,18 +131,59 @@ def _window(src, bbox: Any) -> tuple[Window | None, list[RsfmError]]:
     minx, miny, maxx, maxy = (float(v) for v in bbox)
     if not (minx < maxx and miny < maxy):
         return None, [BadRequestError(f"options.bbox {bbox} is empty; it needs minx < maxx and miny < maxy")]
-    win = from_bounds(minx, miny, maxx, maxy, transform=src.transform)
-    win = win.round_offsets(op="floor").round_lengths(op="ceil")
-    try:
-        win = win.intersection(full)
-    except rasterio.errors.WindowError:
-        win = None
-    if win is None or win.width <= 0 or win.height <= 0:
+    win = _intersect(_bounds_window(src, minx, miny, maxx, maxy), full)
+    if win is None:
         b = src.bounds
         return None, [IncompatibleRasterError(
             f"options.bbox {bbox} does not overlap the raster (bounds {b.left:.3f}, {b.bottom:.3f}, "
             f"{b.right:.3f}, {b.top:.3f} in its CRS); give the bbox in the raster's CRS", code="bbox_outside")]
-    return Window(int(win.col_off), int(win.row_off), int(win.width), int(win.height)), []
+    return win, []
+
+
+def _bounds_window(src, minx: float, miny: float, maxx: float, maxy: float) -> Window:
+    win = from_bounds(minx, miny, maxx, maxy, transform=src.transform)
+    return win.round_offsets(op="floor").round_lengths(op="ceil")
+
+
+def _intersect(a: Window, b: Window) -> Window | None:
+    """Integer intersection of two windows, or None when they share no pixel."""
+    try:
+        win = a.intersection(b)
+    except rasterio.errors.WindowError:
+        return None
+    if win.width <= 0 or win.height <= 0:
+        return None
+    return Window(int(win.col_off), int(win.row_off), int(win.width), int(win.height))
+
+
+def _window(src, bbox: Any, aoi_raw: Any = None) -> tuple[Window | None, Aoi | None, list[RsfmError]]:
+    """Processing window from ``bbox`` and/or ``aoi`` (the AOI's bounds, intersected with the bbox)."""
+    import shapely
+
+    win, errs = _bbox_window(src, bbox)
+    if errs or aoi_raw is None:
+        return win, None, errs
+    try:
+        aoi = parse_aoi(aoi_raw)
+    except RsfmError as exc:
+        return None, None, [exc]
+    b = src.bounds
+    footprint = shapely.box(b.left, b.bottom, b.right, b.top)
+    if not aoi.geom.intersects(footprint) or aoi.geom.touches(footprint):
+        ab = aoi.bounds
+        crs = src.crs.to_string() if src.crs is not None else "its CRS"
+        return None, None, [IncompatibleRasterError(
+            f"options.aoi (bounds {ab[0]:.3f}, {ab[1]:.3f}, {ab[2]:.3f}, {ab[3]:.3f}) does not overlap the raster "
+            f"(bounds {b.left:.3f}, {b.bottom:.3f}, {b.right:.3f}, {b.top:.3f}); send the polygons in the raster's "
+            f"CRS ({crs}) and select polygons that lie on the raster", code="aoi_outside")]
+    ab = aoi.bounds  # clamped to the raster first: huge coordinates must not overflow the pixel window
+    awin = _intersect(_bounds_window(src, max(ab[0], b.left), max(ab[1], b.bottom), min(ab[2], b.right),
+                                     min(ab[3], b.top)), win)
+    if awin is None:
+        return None, None, [IncompatibleRasterError(
+            f"options.bbox {bbox} and options.aoi do not overlap; drop the bbox or choose polygons inside it",
+            code="aoi_outside")]
+    return awin, aoi, []
 
 
 MAX_WINDOW_PIXELS = 40_000_000_000  # 200k x 200k px (a 40 GB class raster): larger areas need a bbox
@@ -196,7 +239,7 @@ def inspect_raster(config: PackageConfig, path: str, options: dict | None = None
         if dtype != config.input_dtype and dtype in SUPPORTED_DTYPES:
             warnings.append(f"the raster is {dtype} but the model's statistics are for {config.input_dtype}; "
                             "values are used as they are")
-        win, errs = _window(src, options.get("bbox"))
+        win, aoi, errs = _window(src, options.get("bbox"), options.get("aoi"))
         problems += errs
         if win is not None and int(win.width) * int(win.height) > MAX_WINDOW_PIXELS:
             # checked before anything is allocated: the output's tile index alone grows with the pixel count
@@ -217,7 +260,7 @@ def inspect_raster(config: PackageConfig, path: str, options: dict | None = None
         plan = RasterPlan(path=str(path), bands=bands, window=win, width=src.width, height=src.height,
                           dtype=dtype, crs_wkt=src.crs.to_wkt(), transform=src.transform, gsd_m=gsd,
                           nodata=None if nodata is None or (isinstance(nodata, float) and np.isnan(nodata))
-                          else float(nodata), warnings=warnings)
+                          else float(nodata), warnings=warnings, aoi=aoi)
         return plan, [], warnings
 
 

@@ -37,7 +37,21 @@ JOB_REQUEST = {"type": "object", "required": ["task", "model", "inputs", "output
         "bbox": {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4},
         "vectorize": {"type": "boolean"}, "allow_gsd_mismatch": {"type": "boolean"},
         "output_name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"},
-        "runtime": {"type": "string", "enum": ["auto", "torch", "onnx"]}}}}}
+        "runtime": {"type": "string", "enum": ["auto", "torch", "onnx"]},
+        "precision": {"type": "string", "enum": ["auto", "fp32", "bf16"]},
+        "aoi": {"type": "object", "required": ["type"], "description":
+                "area of interest in the raster's CRS: a GeoJSON Polygon or MultiPolygon, a Feature, or a "
+                "FeatureCollection of polygon features (feature id: properties.fid, else id). Only pixels inside "
+                "are written (dense tasks) and only objects centred inside are kept (sparse tasks); tiles "
+                "outside are not run. At most 50000 vertices",
+                "properties": {
+                    "type": {"type": "string",
+                             "enum": ["Polygon", "MultiPolygon", "Feature", "FeatureCollection"]},
+                    "coordinates": {"type": "array"}, "geometry": {"type": "object"},
+                    "properties": {"type": "object", "nullable": True},
+                    "features": {"type": "array", "minItems": 1, "items": {"type": "object"}}}},
+        "classify_per": {"type": "string", "enum": ["tile", "polygon"], "description":
+                         "scene_classification: one class per tile of a grid (default) or per aoi feature"}}}}}
 
 
 @route("GET", "/api/v1/health", "Liveness, versions, device, runtimes and job counts",

@@ -35,8 +35,14 @@ SETTINGS: tuple[Setting, ...] = (
             "os.pathsep-separated)", str, True),
     Setting("device", "auto", "torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:N"),
     Setting("runtime", "auto", "default runtime: auto (onnxruntime where the package ships model.onnx and the "
-            "task's model returns one tensor, ~2.5x faster on CPU; torch otherwise), torch, or onnx",
+            "task's model returns one tensor, ~2.5x faster than torch fp32 on CPU; torch otherwise, and for "
+            "precision bf16), torch, or onnx",
             choices=("auto", "torch", "onnx")),
+    Setting("precision", "auto", "default compute precision of torch: auto (bf16 for dense models validated in "
+            "bf16, on CPUs with native bf16 matmul (AMX or AVX512-BF16), for rasters inside the model's pixel-size "
+            "range: ~1.7x torch fp32, flips only pixels the model is unsure of, ~0.5 %; fp32 otherwise and for "
+            "onnx), fp32, or bf16 (torch only, dense tasks, refused on CPUs without native bf16)",
+            choices=("auto", "fp32", "bf16")),
     Setting("state_dir", "", "folder where job requests are recorded so a job interrupted by a crash can be "
             "resumed (POST /jobs/{id}/resume); empty: <output_dir>/.rsfm-jobs of each job"),
     Setting("threads", _default_threads(), "intra-op threads for torch / onnxruntime per worker (default: the "
@@ -48,6 +54,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_vectorize_pixels", 64_000_000, "class rasters up to this size are vectorised in one pass; "
             "larger ones block by block (polygons then split at block edges)", int),
     Setting("job_history", 200, "finished jobs kept for GET /jobs", int),
+    Setting("journal_interval_s", 3.0, "seconds of work per resume-journal unit of sparse tasks (detection, scene "
+            "classification): one small file per unit; 0 journals every tile batch", float),
     Setting("gdal_cache_mb", 64, "GDAL block cache in MiB (GDAL's default is 5% of RAM; it counts towards the "
             "server's memory)", int),
 )
@@ -105,6 +113,8 @@ class Settings:
                 raise ValueError(f"setting {s.name} must be one of {', '.join(s.choices)}, got {val!r}")
             if s.type is int and not s.repeatable and s.name != "port" and val < 1:
                 raise ValueError(f"setting {s.name} must be >= 1, got {val}")
+            if s.type is float and not 0 <= val < float("inf"):
+                raise ValueError(f"setting {s.name} must be a number >= 0, got {val}")
             values[s.name] = val
         # threads left at its default: share the machine's cores among the workers (no oversubscription)
         if env.get("RSFM_THREADS") in (None, "") and cli.get("threads") is None and values["workers"] > 1:

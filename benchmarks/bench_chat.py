@@ -1,17 +1,31 @@
-"""Chat head latency and memory on this machine (CHAT_DESIGN §6.5 F).
+"""Chat head latency on this machine: "fact sheet + 60 tokens" in free mode (issue #8, CHAT_DESIGN §6.5 F).
 
-Measures, on the chat test fixture (tests/chat/chat_fixtures.py: 200 x 100 px raster, land cover, 6 boxes):
+Input: the chat test fixture (tests/chat/chat_fixtures.py: 200 x 100 px raster, land cover, 6 boxes, 14 facts).
 
-* fact-sheet build time and size (words / LM tokens);
+Measures
+
+* fact-sheet build time; its size in SmolLM2 tokens, full (``to_text``, what the user sees) and compact
+  (``to_prompt_text``, what the LM gets);
 * template answer latency (no LM);
-* builtin SmolLM2-135M (transformers + gguf, fp32): load time, RSS after load and peak RSS, prompt tokens,
-  time to first token, decode tokens/s, end-to-end per question, for ``free`` and ``phrase`` modes.
+* builtin SmolLM2-135M (transformers + gguf): load time and RSS; then for every ``--dtypes`` x ``--threads``
+  configuration, ``--repeats`` runs of
+
+  - **fixed**: the free-mode prompt (system + compact fact sheet + "Describe this image.") and exactly
+    ``--max-tokens`` new tokens (EOS ignored): time to first token (= prefill), decode tokens/s, end to end;
+  - **answer**: ``answer_question(..., mode="free")``, i.e. the real answer (stops at EOS) plus verification:
+    time to first token, end to end, tokens, verified or not;
+
+  with the 1-minute load average before each run. Medians per configuration.
+* per configuration, ``--repeats`` prefills of the full-sheet prompt and of the compact one, interleaved
+  (what the compact prompt saves);
+* greedy answers to a few questions in every dtype (do bf16 answers stay sensible?).
+
+``--busy N`` starts N pure-Python busy loops for the LM part (simulated load on the shared cores; they are
+stopped, by PID, at the end).
 
 Usage::
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_chat.py --repeats 3 --out docs/bench/chat.json
-
-Medians over ``--repeats`` runs are reported (the VM is noisy and shared).
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/bench_chat.py --repeats 3 --out docs/bench/chat.json
 """
 
 from __future__ import annotations
@@ -22,6 +36,7 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,12 +45,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "chat"))
 
-QUESTIONS = [
-    ("free", "Describe this image."),
-    ("free", "What is notable about the ships?"),
-    ("phrase", "How many ships are there?"),
-    ("phrase", "What share of the image is water?"),
-]
+QUESTION = "Describe this image."
+COMPARE_QUESTIONS = ["Describe this image.", "What is notable about the ships?", "How many vehicles are there?"]
 
 
 def rss_mb() -> float:
@@ -49,10 +60,31 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def med(xs: list[float]) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def start_busy(n: int) -> list[subprocess.Popen]:
+    """``n`` single-threaded busy loops (each keeps one core busy until stopped)."""
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+
+
+def stop_busy(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.wait(timeout=10)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--max-tokens", type=int, default=96)
+    ap.add_argument("--max-tokens", type=int, default=60)
+    ap.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"],
+                    help="fp32 runs first: the GGUF is dequantised to fp32 and bf16 is a one-way cast")
+    ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    ap.add_argument("--busy", type=int, default=0, help="busy-loop processes running during the LM part")
     ap.add_argument("--no-lm", action="store_true", help="only facts and templates")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args()
@@ -61,11 +93,12 @@ def main() -> int:
     from chat_fixtures import make_fixture
 
     from backend.chat.facts import PerceptionOutput, build_fact_sheet
-    from backend.chat.router import answer_question
+    from backend.chat.router import SYSTEM_FREE, answer_question
 
-    res: dict = {"machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                             "python": platform.python_version(), "torch": torch.__version__,
-                             "load_avg_at_start": os.getloadavg()}, "repeats": args.repeats}
+    res: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+                             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+                             "load_avg_at_start": os.getloadavg()},
+                 "repeats": args.repeats, "max_tokens": args.max_tokens, "busy_processes": args.busy}
     fx = make_fixture(Path(tempfile.mkdtemp()) / "fx")
     outs = [PerceptionOutput(fx["landcover"]), PerceptionOutput(fx["detections"])]
     times = []
@@ -74,7 +107,7 @@ def main() -> int:
         sheet = build_fact_sheet(fx["raster"], outs)
         times.append(time.perf_counter() - t)
     res["facts"] = {"build_s_median": statistics.median(times), "facts": len(sheet.facts),
-                    "words": len(sheet.to_text().split())}
+                    "words_full": len(sheet.to_text().split()), "words_compact": len(sheet.to_prompt_text().split())}
     times = []
     for _ in range(20):
         t = time.perf_counter()
@@ -82,50 +115,105 @@ def main() -> int:
         times.append(time.perf_counter() - t)
     res["template_answer_s_median"] = statistics.median(times)
     res["rss_mb_before_lm"] = rss_mb()
-    if not args.no_lm:
-        import transformers
+    if args.no_lm:
+        print(json.dumps(res, indent=1))
+        return 0
 
-        from backend.chat.lm import BuiltinBackend, smollm2_gguf_path
+    import transformers
 
-        t = time.perf_counter()
-        lm = BuiltinBackend()
-        load_s = time.perf_counter() - t
-        tok = lm._lm.tokenizer
-        res["builtin"] = {"load_s": load_s, "rss_mb_after_load": rss_mb(),
-                          "gguf_mb": smollm2_gguf_path().stat().st_size / 2**20,
-                          "transformers": transformers.__version__,
-                          "fact_sheet_tokens": len(tok(sheet.to_text())["input_ids"]), "runs": []}
-        lm.generate([{"role": "user", "content": "hi"}], max_tokens=4)  # warm-up
-        for mode, q in QUESTIONS:
-            for r in range(args.repeats):
-                pieces: list[str] = []
-                t0 = time.perf_counter()
-                a = answer_question(q, sheet, backend=lm, mode=mode, max_tokens=args.max_tokens,
-                                    on_token=pieces.append)
-                e2e = time.perf_counter() - t0
-                n_new = len(tok(a.raw_lm_text or "")["input_ids"])
-                gen = a.timings_s.get("generate", e2e)
-                ttft = a.timings_s.get("first_token", gen)
-                run = {"mode": mode, "question": q, "repeat": r, "ttft_s": ttft, "generate_s": gen,
-                       "new_tokens": n_new, "decode_tok_s": (n_new - 1) / max(1e-6, gen - ttft) if n_new > 1 else None,
-                       "e2e_s": e2e, "verified_ok": a.verification["ok"], "answer_mode": a.mode,
-                       "answer": a.text, "raw": a.raw_lm_text}
-                res["builtin"]["runs"].append(run)
-                print(json.dumps({k: v for k, v in run.items() if k not in ("answer", "raw")}), flush=True)
-        res["builtin"]["peak_rss_mb"] = peak_rss_mb()
-        for mode in ("free", "phrase"):
-            runs = [x for x in res["builtin"]["runs"] if x["mode"] == mode]
-            res["builtin"][f"{mode}_median"] = {
-                k: statistics.median([x[k] for x in runs if x[k] is not None])
-                for k in ("ttft_s", "decode_tok_s", "e2e_s", "new_tokens")}
+    from backend.chat.lm import BuiltinBackend, cpu_has_native_bf16, smollm2_gguf_path
+
+    os.environ["RSFM_CHAT_DTYPE"] = "fp32"  # load in fp32; the loop below casts to bf16 when asked
+    t = time.perf_counter()
+    lm = BuiltinBackend()._lm
+    load_s = time.perf_counter() - t
+    tok = lm.tokenizer
+
+    def messages(full: bool = False, question: str = QUESTION) -> list[dict[str, str]]:
+        facts = sheet.to_text() if full else sheet.to_prompt_text()
+        return [{"role": "system", "content": SYSTEM_FREE.format(facts=facts)}, {"role": "user", "content": question}]
+
+    res["builtin"] = {
+        "load_s": load_s, "rss_mb_after_load": rss_mb(), "gguf_mb": smollm2_gguf_path().stat().st_size / 2**20,
+        "transformers": transformers.__version__, "cpu_has_native_bf16": cpu_has_native_bf16(),
+        "fact_sheet_tokens_full": len(tok(sheet.to_text())["input_ids"]),
+        "fact_sheet_tokens_compact": len(tok(sheet.to_prompt_text())["input_ids"]),
+        "prompt_tokens_full": int(lm.prompt_ids(messages(True)).shape[1]),
+        "prompt_tokens_compact": int(lm.prompt_ids(messages()).shape[1]),
+        "configs": [], "greedy": {}}
+    print(json.dumps({k: v for k, v in res["builtin"].items() if k not in ("configs", "greedy")}), flush=True)
+    busy = start_busy(args.busy)
+    try:
+        for dtype in args.dtypes:
+            lm.model.to(torch.bfloat16 if dtype == "bf16" else torch.float32)
+            lm.dtype = dtype
+            for nt in args.threads:
+                os.environ["RSFM_CHAT_THREADS"] = str(nt)
+                lm.generate(messages(), max_tokens=4)  # warm-up (oneDNN primitive cache, allocator)
+                cfg: dict = {"dtype": dtype, "threads": nt, "fixed": [], "answer": []}
+                for _ in range(args.repeats):
+                    load = os.getloadavg()[0]
+                    t0 = time.perf_counter()
+                    lm.generate(messages(), max_tokens=args.max_tokens, ignore_eos=True)
+                    e2e = time.perf_counter() - t0
+                    s = lm.last_stats
+                    cfg["fixed"].append({"load1": load, "ttft_s": s["prefill_s"], "new_tokens": s["new_tokens"],
+                                         "decode_tok_s": (s["new_tokens"] - 1) / (s["total_s"] - s["prefill_s"]),
+                                         "e2e_s": e2e})
+                    load = os.getloadavg()[0]
+                    t0 = time.perf_counter()
+                    a = answer_question(QUESTION, sheet, backend=lm, mode="free", max_tokens=args.max_tokens,
+                                        on_token=lambda _p: None)
+                    e2e = time.perf_counter() - t0
+                    # first_token: from the call to the first streamed character (router timings)
+                    cfg["answer"].append({"load1": load, "ttft_s": a.timings_s.get("first_token"), "e2e_s": e2e,
+                                          "new_tokens": lm.last_stats["new_tokens"], "mode": a.mode,
+                                          "verified_ok": a.verification["ok"], "raw": a.raw_lm_text})
+                # prefill only, full vs compact sheet, interleaved (what the compact prompt saves)
+                pre: dict[str, list[float]] = {"full": [], "compact": []}
+                for _ in range(args.repeats):
+                    for kind in ("full", "compact"):
+                        lm.generate(messages(kind == "full"), max_tokens=1, ignore_eos=True)
+                        pre[kind].append(lm.last_stats["prefill_s"])
+                cfg["median"] = {
+                    "fixed_ttft_s": med([x["ttft_s"] for x in cfg["fixed"]]),
+                    "fixed_decode_tok_s": med([x["decode_tok_s"] for x in cfg["fixed"]]),
+                    "fixed_e2e_s": med([x["e2e_s"] for x in cfg["fixed"]]),
+                    "answer_ttft_s": med([x["ttft_s"] for x in cfg["answer"]]),
+                    "answer_e2e_s": med([x["e2e_s"] for x in cfg["answer"]]),
+                    "answer_tokens": med([x["new_tokens"] for x in cfg["answer"]]),
+                    "prefill_full_sheet_s": med(pre["full"]), "prefill_compact_sheet_s": med(pre["compact"]),
+                    "load1": med([x["load1"] for x in cfg["fixed"] + cfg["answer"]]),
+                    "load1_max": max(x["load1"] for x in cfg["fixed"] + cfg["answer"])}
+                res["builtin"]["configs"].append(cfg)
+                print(json.dumps({"dtype": dtype, "threads": nt, **cfg["median"]}), flush=True)
+            os.environ["RSFM_CHAT_THREADS"] = str(max(args.threads))
+            res["builtin"]["greedy"][dtype] = {q: lm.generate(messages(question=q), max_tokens=args.max_tokens)
+                                               for q in COMPARE_QUESTIONS}
+    finally:
+        stop_busy(busy)
+    res["builtin"]["peak_rss_mb"] = peak_rss_mb()
     res["machine"]["load_avg_at_end"] = os.getloadavg()
-    print(json.dumps({k: v for k, v in res.items() if k != "builtin"}, indent=1))
-    if "builtin" in res:
-        print(json.dumps({k: v for k, v in res["builtin"].items() if k != "runs"}, indent=1))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(res, indent=1))
+    print(json.dumps(res["builtin"]["greedy"], indent=1))
+    print(markdown_table(res))
     return 0
+
+
+def markdown_table(res: dict) -> str:
+    """The per-configuration medians as a Markdown table (for docs/bench/chat.md)."""
+    rows = ["| dtype | threads | fixed 60 tok: time to first token | decode tok/s | end to end | real answer: "
+            "tokens | time to first token | end to end | prefill, full / compact sheet | load avg (1 min), median / max |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for c in res["builtin"]["configs"]:
+        m = c["median"]
+        rows.append(f"| {c['dtype']} | {c['threads']} | {m['fixed_ttft_s']:.2f} s | {m['fixed_decode_tok_s']:.1f} | "
+                    f"**{m['fixed_e2e_s']:.2f} s** | {m['answer_tokens']:.0f} | {m['answer_ttft_s']:.2f} s | "
+                    f"{m['answer_e2e_s']:.2f} s | {m.get('prefill_full_sheet_s') or float('nan'):.2f} / "
+                    f"{m.get('prefill_compact_sheet_s') or float('nan'):.2f} s | {m['load1']:.1f} / {m['load1_max']:.1f} |")
+    return "\n".join(rows)
 
 
 if __name__ == "__main__":

@@ -213,15 +213,17 @@ def make_app(models_dir: Path, *, threads: int, block_size_px: int = 2048, runti
 
 # -- compute -------------------------------------------------------------------------------------------
 
-def matmul_peak_flops(threads: int, n: int = 1024, seconds: float = 2.0) -> float:
-    """Measured float32 matmul throughput (FLOP/s) of ``torch.mm`` on ``n x n`` matrices, best of runs.
+def matmul_peak_flops(threads: int, n: int = 1024, seconds: float = 2.0, dtype: str = "float32") -> float:
+    """Measured matmul throughput (FLOP/s) of ``torch.mm`` on ``n x n`` matrices, best of runs.
 
     This is the practical "matmul limit" the segmentation throughput is compared with (2 n^3 FLOP each).
+    ``dtype="bfloat16"`` gives the bf16 limit (AMX / AVX512-BF16 on CPUs that have them).
     """
     import torch
 
     torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    dt = getattr(torch, dtype)
+    a, b = torch.randn(n, n).to(dt), torch.randn(n, n).to(dt)
     torch.mm(a, b)
     best = float("inf")
     t_end = time.perf_counter() + seconds

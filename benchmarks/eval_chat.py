@@ -1,8 +1,16 @@
-"""Evaluate the grounded chat head on labelled NWPU VHR-10 images (CHAT_DESIGN §6.5 C and D).
+"""Evaluate the grounded chat head on labelled NWPU VHR-10 images (CHAT_DESIGN §6.5 C and D; issue #7).
 
-Facts come from the ground-truth boxes (``--facts gt``): this isolates the chat head (routing, wording,
-verification) from detector errors; with a detector package, ``--facts model`` is the end-to-end number
-(not run yet: no detection package exists in this repository at the time of writing).
+Facts come from
+
+* ``--facts gt``: the ground-truth boxes. This isolates the chat head (routing, wording, verification) from
+  detector errors;
+* ``--facts model``: a detector package run through the backend's own job machinery (``backend.tasks.create_job``
+  on the app's ``JobManager``, exactly what ``POST /api/v1/chat`` with ``models`` does). NWPU JPEGs have no
+  georeference and the backend refuses rasters without a CRS, so each image is first written as a GeoTIFF
+  (EPSG:32633, 1 m pixels, arbitrary placement); the detections are mapped back to pixel space and the sheet is
+  built on the JPEG like the GT sheet, so both sheets have the same form and only the objects differ.
+
+``--facts gt model`` evaluates both on the same items.
 
 Per image, deterministic questions (seed 0):
 
@@ -14,22 +22,29 @@ Per image, deterministic questions (seed 0):
 
 Systems (§6.5 D): ``majority`` (per-type constant), ``lm_prior`` (SmolLM2 with no facts), ``template``
 (facts + templates, no LM), ``lm_phrase`` (templates reworded by SmolLM2, verified), ``lm_free``
-(SmolLM2 with the fact sheet; reported raw and after the verifier).
+(SmolLM2 with the fact sheet; reported raw and after the verifier). LM systems run on the GT facts; with
+``--lm-model-facts`` also on the detector facts. Accuracies carry 95 % bootstrap CIs; paired differences
+between systems on the same items get exact McNemar tests.
+
+LM answers are cached in ``--lm-cache`` (JSON lines, one per item and system) as they are produced, so a run
+that is stopped can be resumed, and scoring always uses the images whose LM answers are complete.
 
 Usage::
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/eval_chat.py --first 461 --last 520 --lm-images 20 \
-        --out docs/results/chat_eval.json
+    OMP_WAIT_POLICY=PASSIVE nice -n 5 .venv/bin/python benchmarks/eval_chat.py --facts gt model \
+        --first 461 --last 520 --lm-images 30 --max-tokens 48 --out docs/results/chat_eval.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import re
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -40,6 +55,8 @@ REFUSAL = re.compile(r"cannot tell|can't tell|not able to|unable to|don't know|d
                      r"not (?:in|among) the (?:facts|classes)|cannot (?:count|say|determine)", re.I)
 WORDS = {"no": 0, "zero": 0, "one": 1, "a single": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6,
          "seven": 7, "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12}
+# Placement of the GeoTIFF copies the backend needs (NWPU has no georeference; the detector ignores it)
+GEO_CRS, GEO_ORIGIN, GEO_RES_M = "EPSG:32633", (500000.0, 5000000.0), 1.0
 
 
 def plural(name: str) -> str:
@@ -170,11 +187,197 @@ def score(items: list[dict], answers: dict[int, str], sheets: dict, name: str) -
     return out
 
 
+def correct_by_item(items: list[dict], answers: dict[int, str]) -> dict[int, bool]:
+    """Per count / presence item answered: is the answer right (same rules as :func:`score`)?"""
+    out = {}
+    for i, text in answers.items():
+        it = items[i]
+        if it["type"] == "count":
+            out[i] = parse_count(text, it["class"]) == it["gt"]
+        elif it["type"] == "presence":
+            out[i] = parse_yes_no(text) == it["gt"]
+    return out
+
+
+def mcnemar_exact(a: dict[int, bool], b: dict[int, bool]) -> dict:
+    """Exact two-sided McNemar test of paired correctness ``a`` vs ``b`` on their common items.
+
+    Returns ``{n, a_only, b_only, p}``: ``a_only`` items right in ``a`` and wrong in ``b``; ``p`` is the
+    two-sided binomial p-value of the discordant pairs (1.0 when there are none).
+    """
+    common = sorted(set(a) & set(b))
+    a_only = sum(1 for i in common if a[i] and not b[i])
+    b_only = sum(1 for i in common if b[i] and not a[i])
+    n = a_only + b_only
+    if n == 0:
+        p = 1.0
+    else:
+        k = min(a_only, b_only)
+        p = min(1.0, 2 * sum(math.comb(n, j) for j in range(k + 1)) / 2**n)
+    return {"n": len(common), "a_only": a_only, "b_only": b_only, "p": p}
+
+
+# ------------------------------------------------------------------------------------- detector facts
+
+
+def georeferenced_copy(image: Path, out: Path) -> Path:
+    """``image`` (any format rasterio reads) as a GeoTIFF with :data:`GEO_CRS`, 1 m pixels: the backend
+    refuses rasters without a CRS. Reuses ``out`` when it exists."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(image) as src:
+        data = src.read()
+    with rasterio.open(out, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
+                       dtype=data.dtype, crs=GEO_CRS, transform=from_origin(*GEO_ORIGIN, GEO_RES_M, GEO_RES_M)) as dst:
+        dst.write(data)
+    return out
+
+
+class DetectorRunner:
+    """Runs one detection package on rasters through the backend's job queue (in-process app, no HTTP).
+
+    Args:
+        models_dir: folder holding model packages (e.g. ``resources/models``).
+        model_id: the package id.
+        work_dir: GeoTIFF copies and job outputs go here.
+    """
+
+    def __init__(self, models_dir: Path, model_id: str, work_dir: Path) -> None:
+        import secrets
+
+        from backend.server import App
+        from backend.settings import Settings
+
+        self.app = App(Settings.resolve({"models_dir": [str(models_dir)]}, env={}), secrets.token_hex(16))
+        self.model_id = model_id
+        self.work_dir = Path(work_dir)
+        cfg = self.app.models.get(model_id).config
+        if cfg.task not in ("object_detection", "rotated_detection", "instance_segmentation"):
+            raise SystemExit(f"model {model_id} is a {cfg.task} model; --facts model needs an object detector")
+        self.classes = [c.name for c in cfg.classes]
+        self.score_threshold = float(cfg.score_threshold)
+        self.run_s: list[float] = []  # seconds per detector run (cached images not included)
+
+    def objects(self, image: Path, timeout_s: float = 600.0) -> list:
+        """Detections of ``image`` as :class:`backend.chat.facts.DetectedObject` in pixel coordinates.
+
+        Cached as ``work_dir/objects/<stem>.json`` (class, score, WKT): a re-run of the evaluation with the
+        same ``--work-dir`` does not run the detector again."""
+        import shapely
+        from affine import Affine
+
+        from backend.chat.facts import DetectedObject, read_objects
+        from backend.chat.routes import _outputs_from_job
+        from backend.tasks import create_job
+
+        cached = self.work_dir / "objects" / f"{self.model_id}-{image.stem}.json"
+        if cached.exists():
+            return [DetectedObject(c, s, shapely.from_wkt(w), t) for c, s, w, t in json.loads(cached.read_text())]
+        t0 = time.perf_counter()
+        tif = georeferenced_copy(image, self.work_dir / "tif" / (image.stem + ".tif"))
+        job = create_job(self.app, {"task": "object_detection", "model": self.model_id, "inputs": {"raster": str(tif)},
+                                    "output_dir": str(self.work_dir / "out" / image.stem), "options": {}})
+        self.app.jobs.submit(job)
+        if not job.done_event.wait(timeout_s) or job.state != "succeeded":
+            raise RuntimeError(f"detection on {tif} ended as {job.state}: {job.error}")
+        inv = ~Affine(GEO_RES_M, 0, GEO_ORIGIN[0], 0, -GEO_RES_M, GEO_ORIGIN[1])
+        objs = []
+        for out in _outputs_from_job(job, self.app):
+            for o in read_objects(out):
+                geom = shapely.affinity.affine_transform(o.geometry, [inv.a, inv.b, inv.d, inv.e, inv.c, inv.f])
+                objs.append(DetectedObject(o.cls, o.score, geom, o.task))
+        self.run_s.append(time.perf_counter() - t0)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        cached.write_text(json.dumps([[o.cls, o.score, o.geometry.wkt, o.task] for o in objs]))
+        return objs
+
+    def close(self) -> None:
+        self.app.jobs.shutdown()
+
+
+def model_sheets(images: dict[int, Path], runner: DetectorRunner) -> tuple[dict, dict[int, list], float | None]:
+    """Fact sheets of ``images`` (image id → path) from the runner's detections, at the package threshold.
+
+    Returns (sheets, objects per image, median seconds per detector run; None when every image was cached).
+    """
+    from backend.chat.facts import build_fact_sheet
+
+    sheets, objs = {}, {}
+    t0 = time.perf_counter()
+    for k, (iid, path) in enumerate(images.items()):
+        objs[iid] = runner.objects(path)
+        sheets[iid] = build_fact_sheet(str(path), objects=objs[iid], object_classes=runner.classes,
+                                       score_threshold=runner.score_threshold)
+        print(f"detector {k + 1}/{len(images)} {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
+    return sheets, objs, statistics.median(runner.run_s) if runner.run_s else None
+
+
+def detector_fact_quality(ann: dict, objs: dict[int, list], threshold: float) -> dict:
+    """How well the detector's per-class counts (what the fact sheet states) match the GT counts.
+
+    Over every (image, class) pair of the 10 classes: exact-count rate, count MAE, and image-level presence
+    precision / recall (a class "present" when at least one object is counted).
+    """
+    from backend.chat.facts import norm_class
+
+    cats = {c["id"]: c["name"] for c in ann["categories"]}
+    exact, err, tp, fp, fn = [], [], 0, 0, 0
+    for iid, found in objs.items():
+        gt: dict[str, int] = {}
+        for a in ann["annotations"]:
+            if a["image_id"] == iid:
+                k = norm_class(cats[a["category_id"]])
+                gt[k] = gt.get(k, 0) + 1
+        det: dict[str, int] = {}
+        for o in found:
+            if o.score >= threshold:
+                det[norm_class(o.cls)] = det.get(norm_class(o.cls), 0) + 1
+        for c in {norm_class(n) for n in cats.values()}:
+            g, d = gt.get(c, 0), det.get(c, 0)
+            exact.append(float(g == d))
+            err.append(abs(g - d))
+            tp += g > 0 and d > 0
+            fp += g == 0 and d > 0
+            fn += g > 0 and d == 0
+    return {"pairs": len(exact), "count_exact_rate": statistics.fmean(exact) if exact else None,
+            "count_mae": statistics.fmean(err) if err else None,
+            "presence_precision": tp / (tp + fp) if tp + fp else None,
+            "presence_recall": tp / (tp + fn) if tp + fn else None,
+            "objects_detected": sum(len(v) for v in objs.values())}
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def load_cache(path: Path) -> dict[tuple[str, str, int], str]:
+    out = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                out[(r["facts"], r["system"], r["item"])] = r["text"]
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--first", type=int, default=461, help="first image number (file NNN.jpg)")
     ap.add_argument("--last", type=int, default=520)
+    ap.add_argument("--facts", nargs="+", default=["gt"], choices=["gt", "model"])
+    ap.add_argument("--data", default=str(DATA), help="NWPU VHR-10 folder (annotations.json, images/)")
+    ap.add_argument("--models-dir", default=str(REPO / "resources" / "models"))
+    ap.add_argument("--model-id", default="rsfm-detection-nwpu-efflite0")
+    ap.add_argument("--detector-test-from", type=int, default=471,
+                    help="first image number of the detector's own test split (docs/results/detection.md); lower "
+                         "numbers were its validation images")
+    ap.add_argument("--work-dir", default=None, help="GeoTIFF copies and detector outputs (default: a temp dir)")
     ap.add_argument("--lm-images", type=int, default=20, help="images (from the start) also run with the LM")
+    ap.add_argument("--lm-model-facts", action="store_true", help="also run the LM systems on detector facts")
+    ap.add_argument("--lm-cache", default=None, help="JSON-lines cache of LM answers (resume)")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--no-lm", action="store_true")
     ap.add_argument("--out", default=str(REPO / "docs" / "results" / "chat_eval.json"))
@@ -183,19 +386,31 @@ def main() -> int:
     from backend.chat.facts import build_fact_sheet, read_coco_objects
     from backend.chat.router import answer_question
 
-    ann = json.loads((DATA / "annotations.json").read_text())
+    data = Path(args.data)
+    ann = json.loads((data / "annotations.json").read_text())
     classes = [c["name"] for c in ann["categories"]]
     by_name = {im["file_name"]: im["id"] for im in ann["images"]}
     ids = [by_name[f"{n:03d}.jpg"] for n in range(args.first, args.last + 1) if f"{n:03d}.jpg" in by_name]
-    sheets = {}
-    for iid in ids:
-        im = next(x for x in ann["images"] if x["id"] == iid)
-        sheets[iid] = build_fact_sheet(str(DATA / "images" / im["file_name"]),
-                                       objects=read_coco_objects(ann, iid), object_classes=classes,
-                                       score_threshold=0.0)
+    files = {im["id"]: data / "images" / im["file_name"] for im in ann["images"]}
+    sheets: dict[str, dict] = {}
+    if "gt" in args.facts:
+        sheets["gt"] = {iid: build_fact_sheet(str(files[iid]), objects=read_coco_objects(ann, iid),
+                                              object_classes=classes, score_threshold=0.0) for iid in ids}
+    results: dict = {"images": len(ids), "image_range": [args.first, args.last], "seed": 0, "facts": args.facts,
+                     "max_tokens": args.max_tokens, "systems": [], "mcnemar": []}
+    if "model" in args.facts:
+        work = Path(args.work_dir or tempfile.mkdtemp(prefix="rsfm-chat-eval-"))
+        runner = DetectorRunner(Path(args.models_dir), args.model_id, work)
+        try:
+            sheets["model"], objs, s_per_img = model_sheets({iid: files[iid] for iid in ids}, runner)
+        finally:
+            runner.close()
+        results["detector"] = {"model": args.model_id, "score_threshold": runner.score_threshold,
+                               "s_per_image_median": s_per_img,  # None: outputs cached by an earlier run
+                               **detector_fact_quality(ann, objs, runner.score_threshold)}
     items = build_items(ann, ids)
-    results: dict = {"images": len(ids), "image_range": [args.first, args.last], "items": len(items),
-                     "facts": "ground truth", "systems": []}
+    results["items"] = len(items)
+    first = args.facts[0]
     # 1. majority constant per question type (computed on the same items: an optimistic baseline)
     counts = [it["gt"] for it in items if it["type"] == "count"]
     maj_count = max(set(counts), key=counts.count)
@@ -205,52 +420,120 @@ def main() -> int:
                ("Yes." if maj_pres else "No.") if it["type"] == "presence" else
                f"{maj_count} {it['class']}" if it["type"] == "unanswerable" else "")
            for i, it in enumerate(items)}
-    results["systems"].append(score(items, maj, sheets, f"majority (count={maj_count}, presence={maj_pres})"))
-    # 3. templates
-    t0 = time.perf_counter()
-    tmpl = {i: answer_question(it["q"], sheets[it["image_id"]]).text for i, it in enumerate(items)}
-    results["template_s_per_item"] = (time.perf_counter() - t0) / len(items)
-    results["systems"].append(score(items, tmpl, sheets, "facts + templates (no LM)"))
-    results["examples"] = {"template": [(items[i]["q"], tmpl[i]) for i in range(min(8, len(items)))]}
-    if not args.no_lm:
-        from backend.chat.lm import BuiltinBackend
-
-        lm = BuiltinBackend()
-        lm_ids = set(ids[: args.lm_images])
-        sub = [i for i, it in enumerate(items) if it["image_id"] in lm_ids]
-        prior, phrase, free_raw, free_ver, fallback = {}, {}, {}, {}, 0
+    results["systems"].append({**score(items, maj, sheets[first], f"majority (count={maj_count}, presence={maj_pres})"),
+                               "facts": None})
+    # 2. templates on every fact source
+    tmpl: dict[str, dict[int, str]] = {}
+    for src in args.facts:
         t0 = time.perf_counter()
-        for k, i in enumerate(sub):
-            it, sheet = items[i], sheets[items[i]["image_id"]]
-            prior[i] = lm.generate([{"role": "user", "content": it["q"] + " Answer in one short sentence."}],
-                                   max_tokens=args.max_tokens)
-            if it["type"] != "describe":
-                a = answer_question(it["q"], sheet, backend=lm, mode="phrase", max_tokens=args.max_tokens)
-                phrase[i] = a.text
-                fallback += a.mode == "fallback"
-            a = answer_question(it["q"], sheet, backend=lm, mode="free", max_tokens=args.max_tokens)
-            free_raw[i], free_ver[i] = a.raw_lm_text or "", a.text
-            if it["type"] == "describe":
-                phrase[i] = tmpl[i]  # describe has no template rewording; keep the template
-            print(f"{k + 1}/{len(sub)} {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
-        results["lm_items"] = len(sub)
-        results["lm_images"] = len(lm_ids)
-        results["lm_s_per_item_all_modes"] = (time.perf_counter() - t0) / max(1, len(sub))
-        results["phrase_fallbacks"] = fallback
-        results["systems"].append(score(items, {i: tmpl[i] for i in sub}, sheets,
-                                        "facts + templates (no LM), LM subset"))
-        results["systems"].append(score(items, prior, sheets, "LM prior (no facts, no image)"))
-        results["systems"].append(score(items, phrase, sheets, "LM-phrased templates (verified)"))
-        results["systems"].append(score(items, free_raw, sheets, "LM free-form with facts, raw"))
-        results["systems"].append(score(items, free_ver, sheets, "LM free-form with facts, verified"))
-        results["examples"]["lm"] = [{"q": items[i]["q"], "gt": items[i]["gt"], "prior": prior[i],
-                                      "phrase": phrase.get(i), "free_raw": free_raw[i], "free_verified": free_ver[i]}
-                                     for i in sub[:12]]
+        tmpl[src] = {i: answer_question(it["q"], sheets[src][it["image_id"]]).text for i, it in enumerate(items)}
+        results[f"template_s_per_item_{src}"] = (time.perf_counter() - t0) / len(items)
+        results["systems"].append({**score(items, tmpl[src], sheets[src], "facts + templates (no LM)"), "facts": src})
+    if len(args.facts) == 2:
+        results["mcnemar"].append({"a": "templates, GT facts", "b": "templates, detector facts",
+                                   **mcnemar_exact(correct_by_item(items, tmpl["gt"]),
+                                                   correct_by_item(items, tmpl["model"]))})
+    if "model" in args.facts:
+        results["mcnemar"].append({"a": "templates, detector facts", "b": "majority constant",
+                                   **mcnemar_exact(correct_by_item(items, tmpl["model"]), correct_by_item(items, maj))})
+        # the detector chose its checkpoint and threshold on images below --detector-test-from (its validation
+        # split): report those images apart from the detector's held-back test images
+        num = {by_name[k]: int(Path(k).stem) for k in by_name if Path(k).stem.isdigit()}
+        for name, keep in ((f"detector validation images (< {args.detector_test_from})",
+                            lambda n: n < args.detector_test_from),
+                           (f"detector test images (>= {args.detector_test_from})",
+                            lambda n: n >= args.detector_test_from)):
+            sub = {i: t for i, t in tmpl["model"].items() if keep(num[items[i]["image_id"]])}
+            if sub:
+                results["systems"].append({**score(items, sub, sheets["model"], f"facts + templates (no LM), {name}"),
+                                           "facts": "model"})
+    results["examples"] = {f"template_{src}": [(items[i]["q"], tmpl[src][i]) for i in range(min(8, len(items)))]
+                           for src in args.facts}
+    if not args.no_lm:
+        run_lm(args, items, ids, sheets, tmpl, results)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1, default=str))
     for s in results["systems"]:
         print(json.dumps(s))
+    for m in results["mcnemar"]:
+        print(json.dumps(m))
     return 0
+
+
+def run_lm(args, items: list[dict], ids: list[int], sheets: dict, tmpl: dict, results: dict) -> None:
+    """LM systems on the first ``--lm-images`` images; answers cached per item in ``--lm-cache``."""
+    from backend.chat.lm import BuiltinBackend
+    from backend.chat.router import answer_question
+
+    lm = BuiltinBackend()
+    results["lm"] = lm.describe()
+    cache_path = Path(args.lm_cache) if args.lm_cache else Path(args.out).with_suffix(".lm_cache.jsonl")
+    cache = load_cache(cache_path)
+    lm_srcs = [s for s in args.facts if s == "gt" or args.lm_model_facts]
+    lm_ids = ids[: args.lm_images]
+    sub = [i for i, it in enumerate(items) if it["image_id"] in set(lm_ids)]
+    t0 = time.perf_counter()
+    n_new = 0
+    with cache_path.open("a") as fh:
+        def get(src: str, system: str, i: int, make) -> str:
+            nonlocal n_new
+            key = (src, system, i)
+            if key not in cache:
+                cache[key] = make()
+                fh.write(json.dumps({"facts": src, "system": system, "item": i, "text": cache[key]}) + "\n")
+                fh.flush()
+                n_new += 1
+            return cache[key]
+
+        for k, i in enumerate(sub):
+            it = items[i]
+            get("none", "prior", i, lambda it=it: lm.generate(
+                [{"role": "user", "content": it["q"] + " Answer in one short sentence."}], max_tokens=args.max_tokens))
+            for src in lm_srcs:
+                sheet = sheets[src][it["image_id"]]
+                if it["type"] != "describe":
+                    get(src, "phrase", i, lambda it=it, sheet=sheet: json.dumps(_ans(answer_question(
+                        it["q"], sheet, backend=lm, mode="phrase", max_tokens=args.max_tokens))))
+                get(src, "free", i, lambda it=it, sheet=sheet: json.dumps(_ans(answer_question(
+                    it["q"], sheet, backend=lm, mode="free", max_tokens=args.max_tokens))))
+            print(f"LM item {k + 1}/{len(sub)} (image {lm_ids.index(it['image_id']) + 1}/{len(lm_ids)}) "
+                  f"{time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
+    results["lm_items"] = len(sub)
+    results["lm_images"] = len(lm_ids)
+    results["lm_new_answers"] = n_new
+    results["lm_s_per_new_answer"] = (time.perf_counter() - t0) / n_new if n_new else None
+    results["lm_cache"] = str(cache_path)
+    prior = {i: cache[("none", "prior", i)] for i in sub}
+    results["systems"].append({**score(items, prior, sheets[args.facts[0]], "LM prior (no facts, no image)"),
+                               "facts": None, "subset": True})
+    for src in lm_srcs:
+        ph = {i: json.loads(cache[(src, "phrase", i)]) for i in sub if items[i]["type"] != "describe"}
+        fr = {i: json.loads(cache[(src, "free", i)]) for i in sub}
+        phrase = {i: ph[i]["text"] if i in ph else tmpl[src][i] for i in sub}  # describe: no rewording
+        free_raw = {i: fr[i]["raw"] or "" for i in sub}
+        free_ver = {i: fr[i]["text"] for i in sub}
+        t_sub = {i: tmpl[src][i] for i in sub}
+        results[f"phrase_fallbacks_{src}"] = sum(v["mode"] == "fallback" for v in ph.values())
+        results[f"free_fallbacks_{src}"] = sum(v["mode"] == "fallback" for v in fr.values())
+        rows = [("facts + templates (no LM), LM subset", t_sub), ("LM-phrased templates (verified)", phrase),
+                ("LM free-form with facts, raw", free_raw), ("LM free-form with facts, verified", free_ver)]
+        for name, ans in rows:
+            results["systems"].append({**score(items, ans, sheets[src], name), "facts": src, "subset": True})
+        ok = {name: correct_by_item(items, ans) for name, ans in rows}
+        ok["LM prior"] = correct_by_item(items, prior)
+        for a, b in (("facts + templates (no LM), LM subset", "LM free-form with facts, verified"),
+                     ("facts + templates (no LM), LM subset", "LM-phrased templates (verified)"),
+                     ("LM free-form with facts, verified", "LM free-form with facts, raw"),
+                     ("LM free-form with facts, raw", "LM prior")):
+            results["mcnemar"].append({"facts": src, "a": a, "b": b, **mcnemar_exact(ok[a], ok[b])})
+        results["examples"][f"lm_{src}"] = [
+            {"q": items[i]["q"], "gt": items[i]["gt"], "prior": prior[i], "phrase": phrase.get(i),
+             "free_raw": free_raw[i], "free_verified": free_ver[i]} for i in sub[:12]]
+
+
+def _ans(a) -> dict:
+    """What the evaluation keeps of a ChatAnswer."""
+    return {"text": a.text, "raw": a.raw_lm_text, "mode": a.mode}
 
 
 if __name__ == "__main__":

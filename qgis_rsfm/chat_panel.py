@@ -33,6 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 from qgis.core import (
+    Qgis,
     QgsApplication,
     QgsCoordinateReferenceSystem,
     QgsCoordinateTransform,
@@ -47,7 +48,7 @@ from qgis.core import (
     QgsVectorLayer,
 )
 from qgis.gui import QgsMapLayerComboBox
-from qgis.PyQt.QtCore import QTimer, QUrl, QVariant, pyqtSignal
+from qgis.PyQt.QtCore import QT_TRANSLATE_NOOP, QTimer, QUrl, QVariant, pyqtSignal
 from qgis.PyQt.QtWidgets import (
     QApplication,
     QCheckBox,
@@ -66,8 +67,19 @@ from qgis.PyQt.QtWidgets import (
 from qgis_rsfm.client import RsfmClient, RsfmClientError
 
 SCRATCH_LAYER_NAME = "RSFM chat citations"
-BACKENDS = [("Facts only (no language model)", "template"), ("Built-in SmolLM2-135M", "builtin"),
-            ("OpenAI-compatible endpoint", "openai")]
+
+
+def _field_types():
+    """(text, real) field types for QgsField: QMetaType from QGIS 3.38 on (QGIS 4 / Qt6 has no QVariant.Type),
+    QVariant.Type before (QGIS 3.22 only takes that)."""
+    if Qgis.QGIS_VERSION_INT >= 33800:
+        from qgis.PyQt.QtCore import QMetaType
+
+        return QMetaType.Type.QString, QMetaType.Type.Double
+    return QVariant.Type.String, QVariant.Type.Double
+BACKENDS = [(QT_TRANSLATE_NOOP("ChatPanel", "Facts only (no language model)"), "template"),
+            (QT_TRANSLATE_NOOP("ChatPanel", "Built-in SmolLM2-135M"), "builtin"),
+            (QT_TRANSLATE_NOOP("ChatPanel", "OpenAI-compatible endpoint"), "openai")]
 MODES = ["auto", "template", "phrase", "free"]
 POLL_MS = 150
 
@@ -122,36 +134,36 @@ class ChatPanel(QWidget):
         lay = QVBoxLayout(self)
         form = QFormLayout()
         self.raster_combo = QgsMapLayerComboBox(self)
-        self.raster_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
-        form.addRow("Raster", self.raster_combo)
-        self.extent_check = QCheckBox("Visible extent only", self)
+        self.raster_combo.setFilters(QgsMapLayerProxyModel.Filter.RasterLayer)
+        form.addRow(self.tr("Raster"), self.raster_combo)
+        self.extent_check = QCheckBox(self.tr("Visible extent only"), self)
         form.addRow("", self.extent_check)
         self.landcover_combo = QgsMapLayerComboBox(self)
-        self.landcover_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        self.landcover_combo.setFilters(QgsMapLayerProxyModel.Filter.RasterLayer)
         self.landcover_combo.setAllowEmptyLayer(True)
         self.landcover_combo.setLayer(None)
-        form.addRow("Land cover", self.landcover_combo)
+        form.addRow(self.tr("Land cover"), self.landcover_combo)
         self.objects_combo = QgsMapLayerComboBox(self)
-        self.objects_combo.setFilters(QgsMapLayerProxyModel.VectorLayer)
+        self.objects_combo.setFilters(QgsMapLayerProxyModel.Filter.VectorLayer)
         self.objects_combo.setAllowEmptyLayer(True)
         self.objects_combo.setLayer(None)
-        form.addRow("Objects", self.objects_combo)
+        form.addRow(self.tr("Objects"), self.objects_combo)
         self.models_edit = QLineEdit(self)
-        self.models_edit.setPlaceholderText("optional: task=model-id, ... (run by the backend first)")
-        form.addRow("Models", self.models_edit)
+        self.models_edit.setPlaceholderText(self.tr("optional: task=model-id, ... (run by the backend first)"))
+        form.addRow(self.tr("Models"), self.models_edit)
         row = QHBoxLayout()
         self.backend_combo = QComboBox(self)
         for label, key in BACKENDS:
-            self.backend_combo.addItem(label, key)
+            self.backend_combo.addItem(self.tr(label), key)
         self.mode_combo = QComboBox(self)
         self.mode_combo.addItems(MODES)
         row.addWidget(self.backend_combo, 1)
         row.addWidget(self.mode_combo)
-        form.addRow("Answer with", row)
+        form.addRow(self.tr("Answer with"), row)
         self.url_edit = QLineEdit("http://127.0.0.1:8080/v1", self)
         self.model_edit = QLineEdit("default", self)
-        form.addRow("Endpoint", self.url_edit)
-        form.addRow("Endpoint model", self.model_edit)
+        form.addRow(self.tr("Endpoint"), self.url_edit)
+        form.addRow(self.tr("Endpoint model"), self.model_edit)
         lay.addLayout(form)
         self.transcript = QTextBrowser(self)
         self.transcript.setOpenLinks(False)
@@ -162,11 +174,11 @@ class ChatPanel(QWidget):
         lay.addWidget(self.status)
         ask = QHBoxLayout()
         self.question_edit = QLineEdit(self)
-        self.question_edit.setPlaceholderText("e.g. How many ships are there? Where are they?")
+        self.question_edit.setPlaceholderText(self.tr("e.g. How many ships are there? Where are they?"))
         self.question_edit.returnPressed.connect(self.ask)
-        self.ask_button = QPushButton("Ask", self)
+        self.ask_button = QPushButton(self.tr("Ask"), self)
         self.ask_button.clicked.connect(self.ask)
-        self.stop_button = QPushButton("Stop", self)
+        self.stop_button = QPushButton(self.tr("Stop"), self)
         self.stop_button.setEnabled(False)
         self.stop_button.clicked.connect(self.stop)
         ask.addWidget(self.question_edit, 1)
@@ -174,11 +186,11 @@ class ChatPanel(QWidget):
         ask.addWidget(self.stop_button)
         lay.addLayout(ask)
         tools = QHBoxLayout()
-        self.copy_button = QPushButton("Copy", self)
+        self.copy_button = QPushButton(self.tr("Copy"), self)
         self.copy_button.clicked.connect(self.copy_conversation)
-        self.save_button = QPushButton("Save…", self)
+        self.save_button = QPushButton(self.tr("Save…"), self)
         self.save_button.clicked.connect(self._save_dialog)
-        self.clear_button = QPushButton("Clear", self)
+        self.clear_button = QPushButton(self.tr("Clear"), self)
         self.clear_button.clicked.connect(self.clear)
         for b in (self.copy_button, self.save_button, self.clear_button):
             tools.addWidget(b)
@@ -260,7 +272,7 @@ class ChatPanel(QWidget):
         self._partial = ""
         self.ask_button.setEnabled(False)
         self.stop_button.setEnabled(True)
-        self._set_status("asking…")
+        self._set_status(self.tr("asking…"))
 
         def start() -> dict:  # worker thread: may start the backend
             if self._client is None:
@@ -295,7 +307,7 @@ class ChatPanel(QWidget):
         if j["state"] in ("queued", "perception"):
             self._set_status(j.get("message") or j["state"])
         elif j["state"] == "generating":
-            self._set_status("writing…")
+            self._set_status(self.tr("writing…"))
         elif j["state"] == "succeeded":
             self._poll.stop()
             self._job_id = None
@@ -343,7 +355,8 @@ class ChatPanel(QWidget):
         self._history += [{"role": "user", "content": q}, {"role": "assistant", "content": ans["text"]}]
         self._turns.append({"question": q, "answer": ans})
         self._add_citations(ans)
-        self._set_status(f"{ans['mode']} answer · {ans.get('timings_s', {}).get('total', 0):.1f} s")
+        self._set_status(self.tr("{mode} answer · {seconds} s").format(
+            mode=ans["mode"], seconds=f"{ans.get('timings_s', {}).get('total', 0):.1f}"))
         self.answered.emit(ans)
 
     def _finish_error(self, message: str) -> None:
@@ -367,9 +380,10 @@ class ChatPanel(QWidget):
             if isinstance(lyr, QgsVectorLayer) and lyr.crs() == crs:
                 return lyr
         lyr = QgsVectorLayer(f"Polygon?crs={crs.authid() or crs.toWkt()}", SCRATCH_LAYER_NAME, "memory")
-        lyr.dataProvider().addAttributes([QgsField("object_id", QVariant.String), QgsField("fact", QVariant.String),
-                                          QgsField("class_name", QVariant.String), QgsField("score", QVariant.Double),
-                                          QgsField("question", QVariant.String)])
+        text, real = _field_types()
+        lyr.dataProvider().addAttributes([QgsField("object_id", text), QgsField("fact", text),
+                                          QgsField("class_name", text), QgsField("score", real),
+                                          QgsField("question", text)])
         lyr.updateFields()
         QgsProject.instance().addMapLayer(lyr)
         return lyr
@@ -404,7 +418,7 @@ class ChatPanel(QWidget):
         """Zoom the canvas to cited object ``O3`` or fact ``F12`` (if it has a geometry). True when done."""
         hit = self._objects.get(ref)
         if hit is None or self.iface is None:
-            self._set_status(f"{ref} has no map geometry to zoom to")
+            self._set_status(self.tr("{ref} has no map geometry to zoom to").format(ref=ref))
             return False
         canvas = self.iface.mapCanvas()
         tr = QgsCoordinateTransform(hit["crs"], canvas.mapSettings().destinationCrs(), QgsProject.instance())
@@ -429,7 +443,7 @@ class ChatPanel(QWidget):
 
     def copy_conversation(self) -> None:
         QApplication.clipboard().setText(self.conversation_markdown())
-        self._set_status("conversation copied")
+        self._set_status(self.tr("conversation copied"))
 
     def save_conversation(self, path: str) -> None:
         """Write the conversation (Markdown) and, beside it, the raw answers as JSON (``path + .json``)."""
@@ -437,10 +451,11 @@ class ChatPanel(QWidget):
             f.write(self.conversation_markdown())
         with open(path + ".json", "w", encoding="utf-8") as f:
             json.dump(self._turns, f, indent=1)
-        self._set_status(f"saved to {path}")
+        self._set_status(self.tr("saved to {path}").format(path=path))
 
     def _save_dialog(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Save conversation", "rsfm-chat.md", "Markdown (*.md)")
+        path, _ = QFileDialog.getSaveFileName(self, self.tr("Save conversation"), "rsfm-chat.md",
+                                              self.tr("Markdown (*.md)"))
         if path:
             self.save_conversation(path)
 

@@ -2,12 +2,15 @@
 
 * File layers (GDAL) go by path. Other layers (WMS, XYZ, WCS, memory, virtual) are rendered into a
   temporary GeoTIFF at the model's ground sample distance with ``QgsRasterFileWriter``.
-* Areas ("whole layer", "visible extent", "selected polygons") become a ``bbox`` in the raster's CRS.
+* Areas ("whole layer", "visible extent", "selected polygons") become a ``bbox`` in the raster's CRS;
+  selected polygons also become an ``aoi`` (GeoJSON FeatureCollection in the raster's CRS) so the backend
+  processes only their inside, not their bounding box.
 * Outputs are loaded with the ``.qml`` style the backend wrote and carry provenance in their metadata.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -19,6 +22,9 @@ from qgis.core import (
     Qgis,
     QgsCoordinateReferenceSystem,
     QgsCoordinateTransform,
+    QgsCsException,
+    QgsFeature,
+    QgsGeometry,
     QgsLayerMetadata,
     QgsMapLayer,
     QgsProject,
@@ -28,12 +34,14 @@ from qgis.core import (
     QgsRectangle,
     QgsUnitTypes,
     QgsVectorLayer,
+    QgsWkbTypes,
 )
 
 from .client import Job
 from .fitness import LayerFacts
 
 GDAL_FILE_PROVIDERS = ("gdal",)
+MAX_AOI_VERTICES = 50_000  # the backend's limit (backend/aoi.py); a request body holds about this many
 MAX_RENDER_PX = 12000  # per side; a web layer rendered bigger than this is almost always a mistake
 EARTH_M_PER_DEG = 111_320.0
 
@@ -129,6 +137,73 @@ def selected_features_extent(vlayer: QgsVectorLayer, raster: QgsMapLayer) -> Qgs
         if f.hasGeometry():
             rect.combineExtentWith(f.geometry().boundingBox())
     return clip_to_layer(to_layer_crs(rect, vlayer.crs(), raster), raster)
+
+
+def features_aoi(features, src_crs: QgsCoordinateReferenceSystem, raster: QgsMapLayer,
+                 layer_name: str = "the polygon layer") -> tuple[dict, QgsRectangle]:
+    """Polygon features as the backend's ``options.aoi``: a GeoJSON FeatureCollection in the raster's CRS.
+
+    Each feature keeps its QGIS feature id as ``properties.fid`` (per-polygon classification writes it back as
+    ``source_fid``). Returns ``(feature collection, its bounding box in the raster's CRS)``.
+
+    Raises:
+        InputError: no polygon, a non-polygon or invalid geometry (with the fix: "Fix geometries"), a
+            transformation failure, or more vertices than the backend accepts.
+    """
+    crs = raster.crs()
+    xform = None
+    if src_crs.isValid() and crs.isValid() and src_crs != crs:
+        xform = QgsCoordinateTransform(src_crs, crs, QgsProject.instance().transformContext())
+    precision = 9 if crs.isGeographic() else 4  # ~0.1 mm in either case
+    out, vertices = [], 0
+    rect = QgsRectangle()
+    rect.setMinimal()
+    for f in features:
+        f = QgsFeature(f)
+        if not f.hasGeometry() or f.geometry().isEmpty():
+            continue
+        geom = QgsGeometry(f.geometry())
+        if geom.type() != QgsWkbTypes.GeometryType.PolygonGeometry:
+            raise InputError(f"feature {f.id()} of '{layer_name}' is not a polygon; choose a polygon layer")
+        if QgsWkbTypes.isCurvedType(geom.wkbType()):
+            geom = QgsGeometry(geom.constGet().segmentize())
+        if not geom.isGeosValid():
+            errors = geom.validateGeometry()
+            why = errors[0].what() if errors else "invalid geometry"
+            raise InputError(f"feature {f.id()} of '{layer_name}' has an invalid geometry ({why}); repair the "
+                             "layer with Vector > Geometry Tools > Fix Geometries and select the fixed polygons")
+        if xform is not None:
+            try:
+                geom.transform(xform)
+            except QgsCsException as exc:
+                raise InputError(f"feature {f.id()} of '{layer_name}' cannot be transformed into the raster's "
+                                 f"CRS {crs.authid()} ({exc}); check both layers' CRSs") from None
+        vertices += geom.constGet().nCoordinates()
+        if vertices > MAX_AOI_VERTICES:
+            raise InputError(f"the selected polygons have more than {MAX_AOI_VERTICES} vertices; simplify them "
+                             "(Vector > Geometry Tools > Simplify, tolerance about one pixel) or select fewer")
+        rect.combineExtentWith(geom.boundingBox())
+        out.append({"type": "Feature", "geometry": json.loads(geom.asJson(precision)),
+                    "properties": {"fid": int(f.id())}})
+    if not out:
+        raise InputError(f"no polygons with a geometry in '{layer_name}'; select polygons with the selection "
+                         "tool or choose another area")
+    return {"type": "FeatureCollection", "features": out}, rect
+
+
+def selected_features_aoi(vlayer: QgsVectorLayer, raster: QgsMapLayer) -> tuple[dict, QgsRectangle]:
+    """The selected polygons of ``vlayer`` as ``options.aoi`` in the raster's CRS, and their bounding box
+    (clipped to the raster; see :func:`features_aoi`).
+
+    Raises:
+        InputError: nothing selected, no overlap with the raster, or a geometry problem.
+    """
+    feats = sorted(vlayer.getSelectedFeatures(), key=lambda f: f.id())  # a stable request (resume, provenance)
+    if not feats:
+        raise InputError(f"no features are selected in '{vlayer.name()}'; select polygons with the "
+                         "selection tool or choose another area")
+    aoi, rect = features_aoi(feats, vlayer.crs(), raster, vlayer.name())
+    return aoi, clip_to_layer(rect, raster)
 
 
 # -- input preparation ---------------------------------------------------------------------------------

@@ -2,12 +2,43 @@
 
 from __future__ import annotations
 
-from qgis.core import QgsApplication
-from qgis.PyQt.QtCore import QCoreApplication, Qt
+from pathlib import Path
+
+from qgis.core import QgsApplication, QgsSettings
+from qgis.PyQt.QtCore import QCoreApplication, Qt, QTranslator
 from qgis.PyQt.QtWidgets import QAction
 
 from .icons import icon
 from .processing.provider import RsfmProvider
+
+I18N_DIR = Path(__file__).resolve().parent / "i18n"
+
+
+def user_locale() -> str:
+    """The locale QGIS shows its own interface in (Settings > Options > General), e.g. ``de`` or ``de_CH``."""
+    return str(QgsSettings().value("locale/userLocale", "") or QgsApplication.locale() or "")
+
+
+def translation_file(locale: str) -> Path | None:
+    """The compiled translation for ``locale``: ``i18n/rsfm_de_CH.qm``, else ``i18n/rsfm_de.qm``, else None."""
+    for name in dict.fromkeys((locale, locale.split("_")[0])):
+        path = I18N_DIR / f"rsfm_{name}.qm"
+        if name and path.is_file():
+            return path
+    return None
+
+
+def install_translator(locale: str | None = None) -> QTranslator | None:
+    """Install the plugin's translation for the user's QGIS locale; returns the translator (keep a reference,
+    and pass it to ``QCoreApplication.removeTranslator`` on unload) or None when there is none for it."""
+    path = translation_file(user_locale() if locale is None else locale)
+    if path is None:
+        return None
+    translator = QTranslator()
+    if not translator.load(str(path)):
+        return None  # a damaged .qm: English is better than failing to load the plugin
+    QCoreApplication.installTranslator(translator)
+    return translator
 
 
 class RsfmPlugin:
@@ -21,6 +52,8 @@ class RsfmPlugin:
         self.dock = None
         self.actions: list[QAction] = []
         self.toolbar = None
+        # Before any widget or Processing algorithm exists, so every label is looked up in the user's language.
+        self.translator = install_translator()
 
     def tr(self, text: str) -> str:
         return QCoreApplication.translate("RsfmPlugin", text)
@@ -82,3 +115,6 @@ class RsfmPlugin:
         from . import service
 
         service.shutdown()
+        if self.translator is not None:
+            QCoreApplication.removeTranslator(self.translator)
+            self.translator = None

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Build the QGIS plugin zip (``make plugin``): one root folder ``qgis_rsfm/`` holding the plugin code,
 ``metadata.txt``, the icons from ``resources/icons`` (as ``qgis_rsfm/icons``), the .qml templates from
-``resources/styles`` (as ``qgis_rsfm/styles``) and the licence. No caches, tests or dev files.
+``resources/styles`` (as ``qgis_rsfm/styles``), the compiled translations ``qgis_rsfm/i18n/*.qm`` and the
+licence. No caches, tests or dev files (the ``.ts`` translation sources stay out: QGIS loads the ``.qm``).
 
     python scripts/build_plugin.py [--out dist]
 
@@ -19,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 PLUGIN = "qgis_rsfm"
 EXCLUDE_DIRS = {"__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", "tests", "test"}
-EXCLUDE_SUFFIXES = {".pyc", ".pyo", ".orig", ".rej", ".swp", ".log"}
+EXCLUDE_SUFFIXES = {".pyc", ".pyo", ".orig", ".rej", ".swp", ".log", ".ts"}
 
 
 def plugin_version(metadata: Path) -> str:
@@ -32,11 +33,15 @@ def files_to_pack(repo: Path = REPO) -> list[tuple[Path, str]]:
     """(source file, path inside the zip) pairs.
 
     Raises:
-        SystemExit: the two metadata.txt copies differ.
+        SystemExit: the two metadata.txt copies differ, or a translation source has no compiled .qm.
     """
     root_md, inner_md = repo / "metadata.txt", repo / PLUGIN / "metadata.txt"
     if not inner_md.is_file() or root_md.read_bytes() != inner_md.read_bytes():
         raise SystemExit(f"{inner_md} must be an identical copy of {root_md}; run: cp metadata.txt {PLUGIN}/")
+    uncompiled = [ts.name for ts in sorted((repo / PLUGIN / "i18n").glob("*.ts")) if not ts.with_suffix(".qm").is_file()]
+    if uncompiled:
+        raise SystemExit(f"{', '.join(uncompiled)} not compiled (the zip would ship without that language); run: "
+                         "python3 scripts/update_translations.py")
     out: list[tuple[Path, str]] = []
     for p in sorted((repo / PLUGIN).rglob("*")):
         rel = p.relative_to(repo)

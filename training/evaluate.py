@@ -29,6 +29,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="test", choices=("train", "val", "test", "all"))
     p.add_argument("--val-groups", default=None, help="comma list (colour-mask data; default: the Dubai split)")
     p.add_argument("--test-groups", default=None)
+    p.add_argument("--val-fraction", type=float, default=None,
+                   help="scene folders: per-class validation fraction (default: the checkpoint's / 0.2)")
+    p.add_argument("--test-fraction", type=float, default=None,
+                   help="scene folders: per-class held-back fraction (default: the checkpoint's / 0.0)")
     p.add_argument("--tile", type=int, default=None, help="sliding-window tile, px (default: package's)")
     p.add_argument("--overlap", type=int, default=None, help="window overlap, px (default: package's)")
     p.add_argument("--batch-size", type=int, default=4)
@@ -66,7 +70,8 @@ def load_for_eval(path: str | Path) -> tuple[dict, torch.nn.Module]:
     model.load_state_dict(ck["model"], strict=True)
     info = {"task": meta["task"], "classes": [(c["name"], c["color"]) for c in meta["classes"]], "mean": meta["mean"],
             "std": meta["std"], "ignore_index": meta["ignore_index"], "tile_size_px": meta.get("eval_tile", 512),
-            "tile_overlap_px": meta.get("eval_overlap", 64), "name": p.stem}
+            "tile_overlap_px": meta.get("eval_overlap", 64), "name": p.stem,
+            "split_fractions": {k: meta.get("data", {}).get(k) for k in ("val_fraction", "test_fraction")}}
     return info, model.eval()
 
 
@@ -81,8 +86,13 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     info, model = load_for_eval(args.model)
+    fractions = info.get("split_fractions", {})
+    val_fraction = args.val_fraction if args.val_fraction is not None else fractions.get("val_fraction")
+    test_fraction = args.test_fraction if args.test_fraction is not None else fractions.get("test_fraction")
     ds_args = argparse.Namespace(task=info["task"], data=args.data, dataset=args.dataset, val_groups=args.val_groups,
-                                 test_groups=args.test_groups)
+                                 test_groups=args.test_groups,
+                                 val_fraction=0.2 if val_fraction is None else val_fraction,
+                                 test_fraction=0.0 if test_fraction is None else test_fraction)
     ds = build_dataset(ds_args, args.split, Normalize(info["mean"], info["std"]))
     classes = info["classes"]
     base_classes = getattr(getattr(ds, "dataset", ds), "classes", None)

@@ -81,6 +81,22 @@ def _pct(v: Any) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
 
 
+def _split_text(meta: dict) -> str:
+    """One sentence on the train / validation / test split recorded in a checkpoint's ``meta``."""
+    d = meta["data"]
+    tail = (f"({d.get('train_images')} training / {d.get('val_images')} validation images). Label fraction "
+            f"{d.get('label_fraction')}.")
+    if d.get("train_groups") is not None:  # tiled data split by tile / city
+        return (f"Split: train {d.get('train_groups')}, validation (checkpoint selection only) {d.get('val_groups')}, "
+                f"held-back test (reported only, never used for any choice) {d.get('test_groups')} {tail}")
+    if meta.get("task") == "scene_classification":
+        v, t = d.get("val_fraction") or 0.2, d.get("test_fraction") or 0.0
+        return (f"Split: per class, in file-number order: the first {1 - v - t:.0%} train, the next {v:.0%} "
+                f"validation (checkpoint selection only), the last {t:.0%} held-back test (reported only) {tail}")
+    return (f"Split: the dataset's own train / val / test split (whole images; validation for checkpoint "
+            f"selection only, test reported only) {tail}")
+
+
 def build_card(config, meta: dict, metrics: dict, source: str, onnx_note: str, gsd_note: str, data_licence: str,
                history: list[dict], extra: str = "") -> str:
     """Model card markdown (Hugging Face front matter + sections)."""
@@ -114,9 +130,7 @@ def build_card(config, meta: dict, metrics: dict, source: str, onnx_note: str, g
         "",
         config.training_data,
         "",
-        f"Split: train {meta['data'].get('train_groups')}, validation (checkpoint selection only) "
-        f"{meta['data'].get('val_groups')}, held-back test (reported only, never used for any choice) "
-        f"{meta['data'].get('test_groups')}. Label fraction {meta['data'].get('label_fraction')}.",
+        _split_text(meta),
         "",
         "## Training",
         "",
@@ -133,8 +147,12 @@ def build_card(config, meta: dict, metrics: dict, source: str, onnx_note: str, g
                       f"wall time into the run; validation {vals}."]
     lines += ["", "## Held-back metrics", ""]
     if metrics:
-        lines.append(f"Split: {metrics.get('split', 'n/a')} ({metrics.get('images', '?')} images), sliding window "
-                     f"{metrics.get('tile_size_px')} px / overlap {metrics.get('tile_overlap_px')} px.")
+        if config.task == "scene_classification":  # one label per whole image, no tiling
+            lines.append(f"Split: {metrics.get('split', 'n/a')} ({metrics.get('images', '?')} images), each image "
+                         "classified whole at its native size.")
+        else:
+            lines.append(f"Split: {metrics.get('split', 'n/a')} ({metrics.get('images', '?')} images), sliding "
+                         f"window {metrics.get('tile_size_px')} px / overlap {metrics.get('tile_overlap_px')} px.")
         lines.append("")
         head = [k for k in ("mIoU", "mF1", "OA", "mAcc", "F1", "IoU", "precision", "recall") if k in metrics]
         lines.append("| " + " | ".join(head) + " |")
@@ -143,17 +161,23 @@ def build_card(config, meta: dict, metrics: dict, source: str, onnx_note: str, g
         per = metrics.get("per_class", {})
         if per:
             fields = [f for f in ("IoU", "F1", "precision", "recall", "accuracy") if f in next(iter(per.values()))]
-            lines += ["", "| class | " + " | ".join(fields) + " | support (px) |", "|---|" + "---|" * (len(fields) + 1)]
+            unit = "images" if config.task == "scene_classification" else "px"
+            lines += ["", "| class | " + " | ".join(fields) + f" | support ({unit}) |",
+                      "|---|" + "---|" * (len(fields) + 1)]
             for n, v in per.items():
                 lines.append(f"| {n} | " + " | ".join(_pct(v[f]) for f in fields) + f" | {v.get('support', '')} |")
         lines += ["", "(percent; n/a = undefined: no pixel of the class predicted (precision) or present and predicted (IoU))"]
     else:
         lines.append("Not evaluated on held-back data.")
-    lines += ["", "## ONNX", "", onnx_note, "", "## Limitations", "",
-              "- Trained on a few dozen image patches of one city; expect lower accuracy on other regions, "
-              "seasons, sensors and GSDs.",
-              "- Class colours are the dataset's mask colours; 'Unlabeled' is a real class of the source masks "
-              "(grey), while unannotated black pixels were ignored in training and evaluation."]
+    lines += ["", "## ONNX", "", onnx_note, "", "## Limitations", ""]
+    if config.task == "semantic_segmentation":  # the land-cover default's notes (Dubai colour masks)
+        lines += ["- Trained on a few dozen image patches of one city; expect lower accuracy on other regions, "
+                  "seasons, sensors and GSDs.",
+                  "- Class colours are the dataset's mask colours; 'Unlabeled' is a real class of the source masks "
+                  "(grey), while unannotated black pixels were ignored in training and evaluation."]
+    else:
+        lines.append("- A small model trained briefly on a CPU; expect lower accuracy on other regions, sensors and "
+                     "GSDs than on the held-back split above.")
     if extra:
         lines += ["", extra.strip()]
     return "\n".join(lines) + "\n"

@@ -71,6 +71,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="auto", choices=DATASETS)
     p.add_argument("--val-groups", default=None, help="comma list of tiles for validation (color masks)")
     p.add_argument("--test-groups", default=None, help="comma list of held-back test tiles (never used here)")
+    p.add_argument("--val-fraction", type=float, default=0.2,
+                   help="scene folders: per-class fraction (after train, in file-number order) for validation")
+    p.add_argument("--test-fraction", type=float, default=0.0,
+                   help="scene folders: per-class fraction (the last numbers) held back as the test split")
     p.add_argument("--out", required=True, help="run folder (checkpoints, log.jsonl)")
     p.add_argument("--label-fraction", type=float, default=1.0, help="use this fraction of training images")
     p.add_argument("--seed", type=int, default=0)
@@ -146,7 +150,9 @@ def build_dataset(args: argparse.Namespace, split: str, transforms) -> Dataset:
 
         if kind not in ("aid", "scene_folder"):
             raise ValueError(f"--dataset {kind} is not a scene-folder dataset; use aid or scene_folder")
-        return SceneFolder(root, split, transforms)
+        # Same fractions at train and evaluate time, or the splits would overlap (defaults: 0.2 val, no test).
+        return SceneFolder(root, split, transforms, val_fraction=getattr(args, "val_fraction", 0.2),
+                           test_fraction=getattr(args, "test_fraction", 0.0))
     from training.data.change_pairs import LevirCD, OSCDPairs
 
     if kind == "levir_cd":
@@ -473,6 +479,8 @@ def run(args: argparse.Namespace) -> int:
                  "train_groups": getattr(base, "groups", None),
                  "val_groups": getattr(_base(val_ds), "groups", None),
                  "test_groups": _groups(args.test_groups), "train_images": len(train_ds),
+                 "val_fraction": getattr(args, "val_fraction", None),
+                 "test_fraction": getattr(args, "test_fraction", None),
                  "val_images": len(val_ds), "label_fraction": args.label_fraction},
         "crop_size": args.crop_size,
         "scale_range": [args.scale_min, args.scale_max],

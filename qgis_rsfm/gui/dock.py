@@ -24,7 +24,7 @@ from ..client import ModelInfo
 from ..icons import icon
 from ..settings import RsfmSettings
 from ..tasks.call_task import CallTask
-from .task_page import TASK_DEFS, TaskPage
+from .task_page import TASK_DEFS, TaskPage, task_label
 
 HEALTH_INTERVAL_MS = 5000
 
@@ -90,7 +90,7 @@ class RsfmDock(QgsDockWidget):
             page = TaskPage(tdef, iface, self.client, self.output_dir)
             self.pages[tdef.task] = page
             self.stack.addWidget(page)
-            self.task_combo.addItem(icon(tdef.icon), tr(tdef.label), tdef.task)
+            self.task_combo.addItem(icon(tdef.icon), task_label(tdef), tdef.task)
         self.task_combo.currentIndexChanged.connect(self.stack.setCurrentIndex)
         tl.addWidget(self.task_combo)
         tl.addWidget(self.stack, 1)
@@ -119,7 +119,7 @@ class RsfmDock(QgsDockWidget):
             if exc.name != f"{package}.chat_panel":
                 raise
         except Exception as exc:  # noqa: BLE001 - a broken chat panel must not take the dock down
-            return self._placeholder(tr(f"The chat panel failed to load: {exc}"))
+            return self._placeholder(tr("The chat panel failed to load: {error}").format(error=exc))
         return self._placeholder(tr("CHAT PANEL PLACEHOLDER – the grounded chat about the selected raster "
                                     "(qgis_rsfm/chat_panel.py) is not installed in this build."))
 
@@ -168,7 +168,7 @@ class RsfmDock(QgsDockWidget):
 
     def _started(self, result, error: str | None) -> None:
         if error:
-            self._set_health(None, tr(f"Backend: not available – {error}"))
+            self._set_health(None, tr("Backend: not available – {error}").format(error=error))
             return
         health, models = result
         self.set_models(models)
@@ -210,9 +210,10 @@ class RsfmDock(QgsDockWidget):
         self.health = health
         if health is not None:
             jobs = health.get("jobs", {})
-            text = tr(f"Backend {health.get('version', '')} on {health.get('device', '?')} · "
-                      f"{len(self.models)} models · jobs running {jobs.get('running', 0)}, "
-                      f"queued {jobs.get('queued', 0)}")
+            text = tr("Backend {version} on {device} · {n_models} models · jobs running {running}, "
+                      "queued {queued}").format(version=health.get("version", ""), device=health.get("device", "?"),
+                                                n_models=len(self.models), running=jobs.get("running", 0),
+                                                queued=jobs.get("queued", 0))
             colour = "#1b7f3b"
         else:
             colour = "#c08000" if busy else "#b00020"

@@ -34,7 +34,7 @@ from ..icons import icon
 from ..layers import layer_facts
 from ..tasks.call_task import CallTask
 from ..tasks.job_task import Canceled, Failed, JobOutcome, JobSpec, RsfmJobTask, Success
-from .task_page import TASK_DEFS
+from .task_page import TASK_DEFS, task_label
 
 HUB_ROLE = Qt.ItemDataRole.UserRole + 1  # the Hub listing entry (dict) of a not-installed model
 
@@ -44,7 +44,12 @@ def tr(text: str) -> str:
 
 
 TASK_ICONS = {t.task: t.icon for t in TASK_DEFS}
-TASK_LABELS = {t.task: t.label for t in TASK_DEFS}
+_TASK_DEF = {t.task: t for t in TASK_DEFS}
+
+
+def task_name(task: str, default: str) -> str:
+    """The task's name in the user's language (looked up at call time, after the plugin's translator is in)."""
+    return task_label(_TASK_DEF[task]) if task in _TASK_DEF else default
 
 
 def model_card_html(model: ModelInfo, problems: list[str] | None = None, warnings: list[str] | None = None) -> str:
@@ -52,7 +57,7 @@ def model_card_html(model: ModelInfo, problems: list[str] | None = None, warning
     c = model.config
     e = html.escape
     rows = [
-        (tr("Task"), TASK_LABELS.get(model.task, model.task)),
+        (tr("Task"), task_name(model.task, model.task)),
         (tr("Architecture"), c.get("architecture", "")),
         (tr("Bands"), f"{len(model.bands)}: {', '.join(model.bands)} ({c.get('input_dtype', '?')})"),
         (tr("Pixel size (GSD)"), _gsd_text(c)),
@@ -70,13 +75,15 @@ def model_card_html(model: ModelInfo, problems: list[str] | None = None, warning
         out += [f"<span style='color:#a15c00'>⚠ {e(w)}</span><br>" for w in warnings or []]
         out.append("</p>")
     elif problems is not None:
-        out.append(f"<p style='color:#1b7f3b'>✓ {tr('Fits the chosen layer.')}</p>")
+        fits = tr("Fits the chosen layer.")
+        out.append(f"<p style='color:#1b7f3b'>✓ {fits}</p>")
     out.append("<table cellspacing='0' cellpadding='3'>")
     out += [f"<tr><td><b>{e(k)}</b></td><td>{e(str(v))}</td></tr>" for k, v in rows]
     out.append("</table>")
     classes = c.get("classes", [])
     if classes:
-        out.append(f"<h3>{tr('Classes')} ({len(classes)})</h3><table cellspacing='0' cellpadding='2'>")
+        heading = tr("Classes ({n})").format(n=len(classes))
+        out.append(f"<h3>{heading}</h3><table cellspacing='0' cellpadding='2'>")
         for i, cl in enumerate(classes):
             col = e(str(cl.get("color", "#888888")))
             out.append(f"<tr><td>{i}</td><td bgcolor='{col}' width='18'>&nbsp;</td><td>{e(str(cl.get('name')))}"
@@ -84,7 +91,8 @@ def model_card_html(model: ModelInfo, problems: list[str] | None = None, warning
         out.append("</table>")
     metrics = c.get("metrics") or {}
     if metrics:
-        out.append(f"<h3>{tr('Metrics (held-back data)')}</h3><table cellspacing='0' cellpadding='2'>")
+        heading = tr("Metrics (held-back data)")
+        out.append(f"<h3>{heading}</h3><table cellspacing='0' cellpadding='2'>")
         for k, v in metrics.items():
             val = f"{v:.3f}" if isinstance(v, float) else str(v)
             out.append(f"<tr><td><b>{e(str(k))}</b></td><td>{e(val)}</td></tr>")
@@ -96,7 +104,7 @@ def hub_card_html(entry: dict[str, Any], endpoint: str) -> str:
     """What the Hub listing says about a model that is not installed yet."""
     e = html.escape
     rows = [
-        (tr("Task"), TASK_LABELS.get(entry.get("task") or "", entry.get("task") or tr("unknown (no rsfm-<task> tag)"))),
+        (tr("Task"), task_name(entry.get("task") or "", entry.get("task") or tr("unknown (no rsfm-<task> tag)"))),
         (tr("Repository"), entry.get("repo_id", "")),
         (tr("Revision"), (entry.get("sha") or "")[:12]),
         (tr("Licence"), entry.get("license") or tr("not stated")),
@@ -112,7 +120,8 @@ def hub_card_html(entry: dict[str, Any], endpoint: str) -> str:
     out.append("</table>")
     tags = [t for t in entry.get("tags", []) if not t.startswith(("region:", "arxiv:"))]
     if tags:
-        out.append(f"<p><b>{tr('Tags')}</b>: {e(', '.join(tags))}</p>")
+        label = tr("Tags")
+        out.append(f"<p><b>{label}</b>: {e(', '.join(tags))}</p>")
     return "\n".join(out)
 
 
@@ -160,7 +169,7 @@ class ModelBrowserDialog(QDialog):
         self.task_combo = QComboBox()
         self.task_combo.addItem(tr("All tasks"), "")
         for t in TASK_DEFS:
-            self.task_combo.addItem(icon(t.icon), tr(t.label), t.task)
+            self.task_combo.addItem(icon(t.icon), task_label(t), t.task)
         top.addWidget(self.task_combo)
         top.addWidget(QLabel(tr("Check against layer")))
         self.layer_box = QgsMapLayerComboBox()
@@ -242,7 +251,7 @@ class ModelBrowserDialog(QDialog):
             mark = "" if problems is None else ("✗ " if problems else ("⚠ " if warnings else "✓ "))
             item = QListWidgetItem(icon(TASK_ICONS.get(m.task, "rsfm.svg")), f"{mark}{m.name}")
             item.setData(Qt.ItemDataRole.UserRole, m.id)
-            item.setToolTip(tr(f"Installed · {TASK_LABELS.get(m.task, m.task)}"))
+            item.setToolTip(tr("Installed · {task}").format(task=task_name(m.task, m.task)))
             self.list.addItem(item)
         installed = self._installed_ids()
         for h in self.hub_models:
@@ -252,7 +261,7 @@ class ModelBrowserDialog(QDialog):
                                    f"☁ {h.get('repo_id')}")
             item.setData(Qt.ItemDataRole.UserRole, h.get("id"))
             item.setData(HUB_ROLE, h)
-            item.setToolTip(tr(f"On the Hub, not installed · {TASK_LABELS.get(h.get('task') or '', '?')}"))
+            item.setToolTip(tr("On the Hub, not installed · {task}").format(task=task_name(h.get("task") or "", "?")))
             self.list.addItem(item)
         self.list.blockSignals(False)
         if self.list.count():
@@ -261,8 +270,9 @@ class ModelBrowserDialog(QDialog):
             self.list.setCurrentRow(row)
             self.show_current(self.list.currentItem())
         else:
-            hint = tr("No model matches. Add model folders in RSFM Settings, search the Hub, or untick")
-            self.card.setHtml(f"<p>{hint} '{tr('Only models that fit')}'.</p>")
+            hint = tr("No model matches. Add model folders in RSFM Settings, search the Hub, or untick "
+                      "'{option}'.").format(option=tr("Only models that fit"))
+            self.card.setHtml(f"<p>{hint}</p>")
             self.install_button.setEnabled(False)
 
     def hub_entry(self, item: QListWidgetItem | None) -> dict[str, Any] | None:
@@ -311,14 +321,15 @@ class ModelBrowserDialog(QDialog):
         self.hub_button.setEnabled(True)
         if error:
             self.hub_label.setStyleSheet("color:#b00020")
-            self.hub_label.setText(tr(f"Hub: could not list models – {error}"))
+            self.hub_label.setText(tr("Hub: could not list models – {error}").format(error=error))
             return
         self.hub_label.setStyleSheet("")
         self.hub_endpoint = str(answer.get("endpoint", ""))
         self.hub_models = [m for m in answer["models"] if isinstance(m, dict) and m.get("repo_id")]
         n_new = sum(1 for m in self.hub_models if m.get("id") not in self._installed_ids())
         where = tr("cache only (offline)") if answer.get("source") == "cache" else self.hub_endpoint
-        self.hub_label.setText(tr(f"Hub ({where}): {len(self.hub_models)} RSFM models, {n_new} not installed."))
+        self.hub_label.setText(tr("Hub ({where}): {n} RSFM models, {n_new} not installed.").format(
+            where=where, n=len(self.hub_models), n_new=n_new))
         self.populate()
 
     def install_current(self) -> RsfmJobTask | None:
@@ -330,7 +341,7 @@ class ModelBrowserDialog(QDialog):
         spec = JobSpec(request={"repo_id": entry["repo_id"], "revision": sha},
                        submit=lambda c, r: c.hub_install(r["repo_id"], r.get("revision")),
                        source_name=entry["repo_id"])
-        self.install_task = RsfmJobTask(tr(f"RSFM: install {entry['repo_id']}"), spec, self.client_factory,
+        self.install_task = RsfmJobTask(tr("RSFM: install {repo}").format(repo=entry["repo_id"]), spec, self.client_factory,
                                         on_finished=self._installed)
         self.install_task.progressChanged.connect(self._install_progress)  # queued: emitted on a worker
         self.install_progress.setValue(0)
@@ -338,7 +349,7 @@ class ModelBrowserDialog(QDialog):
         self.install_button.setEnabled(False)
         self.install_cancel.setEnabled(True)
         self.hub_label.setStyleSheet("")
-        self.hub_label.setText(tr(f"Installing {entry['repo_id']}…"))
+        self.hub_label.setText(tr("Installing {repo}…").format(repo=entry["repo_id"]))
         QgsApplication.taskManager().addTask(self.install_task)
         return self.install_task
 
@@ -361,15 +372,15 @@ class ModelBrowserDialog(QDialog):
             model_id = str(stats.get("id") or (outcome.job.result or {}).get("model", {}).get("id", ""))
             self.install_progress.setValue(100)
             self.hub_label.setStyleSheet("color:#1b7f3b")
-            self.hub_label.setText(tr(f"Installed {name}; it is now in the task pages' model lists."))
+            self.hub_label.setText(tr("Installed {name}; it is now in the task pages' model lists.").format(name=name))
             self.model_installed.emit(model_id)
         elif isinstance(outcome, Canceled):
             self.install_progress.setValue(0)
             self.hub_label.setStyleSheet("")
-            self.hub_label.setText(tr(f"Cancelled; {name} was not installed."))
+            self.hub_label.setText(tr("Cancelled; {name} was not installed.").format(name=name))
         elif isinstance(outcome, Failed):
             self.hub_label.setStyleSheet("color:#b00020")
-            self.hub_label.setText(tr(f"Could not install {name}: {outcome.message}"))
+            self.hub_label.setText(tr("Could not install {name}: {error}").format(name=name, error=outcome.message))
         self.show_current(self.list.currentItem())
 
 

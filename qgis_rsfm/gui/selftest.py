@@ -231,12 +231,13 @@ class SelfTestDialog(QDialog):
         self.progress.setValue(1)
         self.rerun_button.setEnabled(True)
         if result is None:
-            self.summary.setText(f"<span style='color:#b00020'>{tr('Self-test could not run')}: {error}</span>")
+            msg = tr("Self-test could not run: {error}").format(error=error)
+            self.summary.setText(f"<span style='color:#b00020'>{msg}</span>")
         else:
             passed = sum(c.ok for c in result.checks)
             colour = "#1b7f3b" if result.ok else "#b00020"
-            self.summary.setText(f"<b style='color:{colour}'>{passed}/{len(result.checks)} "
-                                 f"{tr('checks passed')}</b>")
+            msg = tr("{passed}/{total} checks passed").format(passed=passed, total=len(result.checks))
+            self.summary.setText(f"<b style='color:{colour}'>{msg}</b>")
         self.text.setPlainText(diagnostics_report(result, service.launcher().log_tail(30)))
 
     def copy_report(self) -> None:

@@ -196,7 +196,7 @@ class SettingsDialog(QDialog):
         self.venv_task.taskCompleted.connect(self._venv_done)
         self.venv_task.taskTerminated.connect(self._venv_done)
         self.venv_button.setEnabled(False)
-        self.venv_log.setPlainText(tr(f"Creating {venv_dir} and installing {s.backend_package} …"))
+        self.venv_log.setPlainText(tr("Creating {folder} and installing {package} …").format(folder=venv_dir, package=s.backend_package))
         QgsApplication.taskManager().addTask(self.venv_task)
         return self.venv_task
 

@@ -15,7 +15,7 @@ from qgis.core import (
     QgsRasterLayer,
 )
 from qgis.gui import QgsCollapsibleGroupBox, QgsFileWidget, QgsMapLayerComboBox
-from qgis.PyQt.QtCore import QCoreApplication, Qt, pyqtSignal, pyqtSlot
+from qgis.PyQt.QtCore import QT_TR_NOOP, QCoreApplication, Qt, pyqtSignal, pyqtSlot
 from qgis.PyQt.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -38,7 +38,7 @@ from ..layers import (
     layer_facts,
     load_job_outputs,
     prepare_input,
-    selected_features_extent,
+    selected_features_aoi,
     to_layer_crs,
 )
 from ..tasks.job_task import Canceled, Failed, JobOutcome, JobSpec, RsfmJobTask, Success
@@ -58,24 +58,28 @@ class TaskDef:
 
 
 TASK_DEFS: tuple[TaskDef, ...] = (
-    TaskDef("semantic_segmentation", "Land-cover segmentation", "segment.svg",
-            "Label every pixel with a land-cover class; writes a coloured class raster "
-            "(and polygons if asked).", vectorize=True),
-    TaskDef("scene_classification", "Scene classification", "classify.svg",
-            "Give each tile of the image a scene class (airport, forest, residential, ...) with a score."),
-    TaskDef("object_detection", "Object detection", "detect.svg",
-            "Find objects and draw their boxes as polygons with class and score.", threshold=True),
-    TaskDef("rotated_detection", "Rotated-box detection", "detect_rotated.svg",
-            "Find ships, planes and vehicles at any heading; boxes keep their angle, length and width.",
+    TaskDef("semantic_segmentation", QT_TR_NOOP("Land-cover segmentation"), "segment.svg",
+            QT_TR_NOOP("Label every pixel with a land-cover class; writes a coloured class raster "
+                       "(and polygons if asked)."), vectorize=True),
+    TaskDef("scene_classification", QT_TR_NOOP("Scene classification"), "classify.svg",
+            QT_TR_NOOP("Give each tile of the image a scene class (airport, forest, residential, ...) "
+                       "with a score.")),
+    TaskDef("object_detection", QT_TR_NOOP("Object detection"), "detect.svg",
+            QT_TR_NOOP("Find objects and draw their boxes as polygons with class and score."),
             threshold=True),
-    TaskDef("instance_segmentation", "Instance segmentation", "instances.svg",
-            "Outline each object (building, vehicle, ...) as its own polygon.", threshold=True),
-    TaskDef("change_detection", "Change detection", "change.svg",
-            "Compare a before and an after image of the same place and map what changed.",
+    TaskDef("rotated_detection", QT_TR_NOOP("Rotated-box detection"), "detect_rotated.svg",
+            QT_TR_NOOP("Find ships, planes and vehicles at any heading; boxes keep their angle, length "
+                       "and width."),
+            threshold=True),
+    TaskDef("instance_segmentation", QT_TR_NOOP("Instance segmentation"), "instances.svg",
+            QT_TR_NOOP("Outline each object (building, vehicle, ...) as its own polygon."), threshold=True),
+    TaskDef("change_detection", QT_TR_NOOP("Change detection"), "change.svg",
+            QT_TR_NOOP("Compare a before and an after image of the same place and map what changed."),
             vectorize=True, two_inputs=True),
 )
 
 AREA_WHOLE, AREA_VISIBLE, AREA_SELECTED = 0, 1, 2
+PER_TILE, PER_POLYGON = 0, 1  # scene classification: a tile grid, or one class per selected polygon
 
 
 def plain_failure(outcome: Failed, spec: JobSpec | None) -> str:
@@ -83,8 +87,9 @@ def plain_failure(outcome: Failed, spec: JobSpec | None) -> str:
     before = spec.source_name if spec else ""
     after = (spec.extra or {}).get("after_name", "") if spec else ""
     if outcome.code == "rasters_do_not_overlap":
-        return tr(f"The before image '{before}' and the after image '{after}' do not overlap, so there is "
-                  "nothing to compare. Choose two images of the same place (they may use different CRSs).")
+        return tr("The before image '{before}' and the after image '{after}' do not overlap, so there is "
+                  "nothing to compare. Choose two images of the same place (they may use different CRSs)."
+                  ).format(before=before, after=after)
     if outcome.code == "backend_unreachable":
         return tr("The RSFM backend stopped while the job was running (it may have crashed or been closed), "
                   "so the job was lost. Run again: the backend is restarted automatically. If this repeats, "
@@ -94,6 +99,11 @@ def plain_failure(outcome: Failed, spec: JobSpec | None) -> str:
 
 def tr(text: str) -> str:
     return QCoreApplication.translate("RsfmTaskPage", text)
+
+
+def task_label(tdef: TaskDef) -> str:
+    """The task's name in the user's language (``TASK_DEFS`` hold the English source, marked for lupdate)."""
+    return tr(tdef.label)
 
 
 class TaskPage(QWidget):
@@ -125,7 +135,7 @@ class TaskPage(QWidget):
         ic = QLabel()
         ic.setPixmap(icon(self.tdef.icon).pixmap(32, 32))
         head.addWidget(ic)
-        blurb = QLabel(f"<b>{tr(self.tdef.label)}</b><br>{tr(self.tdef.blurb)}")
+        blurb = QLabel(f"<b>{task_label(self.tdef)}</b><br>{tr(self.tdef.blurb)}")
         blurb.setWordWrap(True)
         head.addWidget(blurb, 1)
         lay.addLayout(head)
@@ -142,17 +152,24 @@ class TaskPage(QWidget):
             form.addRow(tr("After image"), self.after_box)
             self.after_box.layerChanged.connect(self.refresh_models)
         self.area_box = QComboBox()
-        self.area_box.addItems([tr("Whole layer"), tr("Visible map extent"),
-                                tr("Selected polygons (their bounding box)")])
-        # The backend API takes a bbox only (no mask/geometry option), so pixels between the selected
-        # polygons inside their bounding box are processed too; the label says so instead of promising shapes.
-        self.area_box.setToolTip(tr("Selected polygons: the bounding box around the selected features is "
-                                    "processed (not only the inside of the shapes)."))
+        self.area_box.addItems([tr("Whole layer"), tr("Visible map extent"), tr("Selected polygons")])
+        # Selected polygons go to the backend as options.aoi (their shapes, in the raster's CRS): only their
+        # inside is processed, and tiles outside them are not run.
+        self.area_box.setToolTip(tr("Selected polygons: only the inside of the selected features is processed; "
+                                    "outside them the result is empty (nodata)."))
         form.addRow(tr("Area"), self.area_box)
         self.mask_box = QgsMapLayerComboBox()
         self.mask_box.setFilters(QgsMapLayerProxyModel.Filter.PolygonLayer)
         self.mask_label = QLabel(tr("Polygon layer"))
         form.addRow(self.mask_label, self.mask_box)
+        self.per_box = None
+        if self.tdef.task == "scene_classification":
+            self.per_box = QComboBox()
+            self.per_box.addItems([tr("Per tile (grid)"), tr("Per selected polygon")])
+            self.per_box.setToolTip(tr("Per selected polygon: each selected polygon gets one scene class, from "
+                                       "the model's probabilities averaged over the tiles covering it."))
+            form.addRow(tr("Classify"), self.per_box)
+            self.per_box.currentIndexChanged.connect(self._per_changed)
         self.area_box.currentIndexChanged.connect(self._area_changed)
         self.model_box = QComboBox()
         self.model_box.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
@@ -236,6 +253,12 @@ class TaskPage(QWidget):
         sel = self.area_box.currentIndex() == AREA_SELECTED
         self.mask_box.setVisible(sel)
         self.mask_label.setVisible(sel)
+        if not sel and self.per_box is not None and self.per_box.currentIndex() == PER_POLYGON:
+            self.per_box.setCurrentIndex(PER_TILE)  # per-polygon classes need selected polygons
+
+    def _per_changed(self) -> None:
+        if self.per_box is not None and self.per_box.currentIndex() == PER_POLYGON:
+            self.area_box.setCurrentIndex(AREA_SELECTED)
 
     # -- models ---------------------------------------------------------------------------------------
     def set_models(self, models: list[ModelInfo]) -> None:
@@ -293,8 +316,8 @@ class TaskPage(QWidget):
             elif not self._layers():
                 txt = tr("Add a raster layer to the project to run this task.")
             else:
-                txt = tr(f"None of the {len(self.models)} installed models fits this layer; tick "
-                         "'Also list models that do not fit' to see why.")
+                txt = tr("None of the {n} installed models fits this layer; tick "
+                         "'Also list models that do not fit' to see why.").format(n=len(self.models))
             self.fit_label.setText(f"<span style='color:#a15c00'>{txt}</span>")
             self.run_button.setEnabled(False)
             return
@@ -306,22 +329,25 @@ class TaskPage(QWidget):
         parts += [f"<span style='color:#b00020'>✗ {p}</span>" for p in problems]
         parts += [f"<span style='color:#a15c00'>⚠ {w}</span>" for w in warnings]
         if not problems and not warnings and self._layers():
-            parts.append(f"<span style='color:#1b7f3b'>✓ {tr('fits the layer')}</span>")
+            fits = tr("fits the layer")
+            parts.append(f"<span style='color:#1b7f3b'>✓ {fits}</span>")
         self.fit_label.setText("<br>".join(p for p in parts if p))
         self.run_button.setEnabled(not problems and self.task is None and bool(self._layers()))
 
     # -- run ------------------------------------------------------------------------------------------
     def _area(self, layer: QgsRasterLayer):
+        """``(rectangle in the layer's CRS or None, aoi FeatureCollection in the layer's CRS or None)``."""
         idx = self.area_box.currentIndex()
         if idx == AREA_VISIBLE:
             canvas = self.iface.mapCanvas()
-            return to_layer_crs(canvas.extent(), canvas.mapSettings().destinationCrs(), layer)
+            return to_layer_crs(canvas.extent(), canvas.mapSettings().destinationCrs(), layer), None
         if idx == AREA_SELECTED:
             mask = self.mask_box.currentLayer()
             if mask is None:
                 raise InputError(tr("choose the polygon layer whose selected features define the area"))
-            return selected_features_extent(mask, layer)
-        return None
+            aoi, rect = selected_features_aoi(mask, layer)
+            return rect, aoi
+        return None, None
 
     def build_spec(self, out_dir: str) -> JobSpec:
         """Collect the form into a JobSpec (validated; raises InputError in plain words)."""
@@ -334,9 +360,14 @@ class TaskPage(QWidget):
         problems, _ = self._fitness(model)
         if problems:
             raise InputError(problems[0])
-        area = self._area(layers[0])
+        area, aoi = self._area(layers[0])
         layer_objs = list(layers)
         options: dict[str, Any] = {}
+        if self.per_box is not None and self.per_box.currentIndex() == PER_POLYGON:
+            if aoi is None:
+                raise InputError(tr("classifying per polygon needs Area: Selected polygons; select the polygons "
+                                    "to classify"))
+            options["classify_per"] = "polygon"
         if self.tile_spin.value() > 0:
             options["tile_size_px"] = self.tile_spin.value()
         if self.overlap_spin.value() >= 0:
@@ -358,6 +389,8 @@ class TaskPage(QWidget):
             req["inputs"]["raster"] = first.path
             if first.bbox is not None:
                 req["options"]["bbox"] = first.bbox
+            if aoi is not None:  # in the layer's CRS, which a rendered copy keeps too
+                req["options"]["aoi"] = aoi
             if first.bands and "bands" not in req["options"]:
                 req["options"]["bands"] = first.bands
             if len(layer_objs) > 1:
@@ -381,7 +414,8 @@ class TaskPage(QWidget):
         except (InputError, OSError) as exc:
             self._set_status(str(exc), error=True)
             return None
-        self.task = RsfmJobTask(f"RSFM: {tr(self.tdef.label)} on {spec.source_name}", spec,
+        title = tr("RSFM: {task} on {layer}").format(task=task_label(self.tdef), layer=spec.source_name)
+        self.task = RsfmJobTask(title, spec,
                                 self.client_factory, on_finished=self._finished)
         self.task.progressChanged.connect(self._task_progress)  # queued: emitted on the worker thread
         self.task.status_changed.connect(self._set_status)  # e.g. "backend restarted, resuming from block N"
@@ -417,7 +451,8 @@ class TaskPage(QWidget):
             else:
                 self.progress.setValue(100)
                 n = len(self.last_layers)
-                msg = tr(f"Done: {n} layer{'s' if n != 1 else ''} added to 'RSFM results'.")
+                msg = (tr("Done: 1 layer added to 'RSFM results'.") if n == 1 else
+                       tr("Done: {n} layers added to 'RSFM results'.").format(n=n))
                 for w in outcome.job.warnings:
                     msg += "\n⚠ " + w[:1].upper() + w[1:]
                 self._set_status(msg)

@@ -11,6 +11,7 @@ import tempfile
 from typing import Any
 
 from qgis.core import (
+    QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingContext,
     QgsProcessingException,
@@ -20,7 +21,9 @@ from qgis.core import (
     QgsProcessingOutputString,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
     QgsProcessingParameterExtent,
+    QgsProcessingParameterFeatureSource,
     QgsProcessingParameterFolderDestination,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
@@ -33,7 +36,7 @@ from qgis.PyQt.QtCore import QCoreApplication
 from ..client import Job, ModelInfo, RsfmClient, RsfmClientError
 from ..fitness import check_fitness
 from ..icons import icon
-from ..layers import InputError, layer_facts, prepare_input
+from ..layers import InputError, features_aoi, layer_facts, prepare_input, to_layer_crs
 
 _KEEP_ALIVE: list[QgsProcessingLayerPostProcessorInterface] = []  # Processing holds them by raw pointer
 
@@ -62,6 +65,8 @@ class RsfmAlgorithm(QgsProcessingAlgorithm):
     INPUT_AFTER = "INPUT_AFTER"
     MODEL = "MODEL"
     EXTENT = "EXTENT"
+    AOI = "AOI"
+    CLASSIFY_PER = "CLASSIFY_PER"
     BANDS = "BANDS"
     TILE_SIZE = "TILE_SIZE"
     OVERLAP = "OVERLAP"
@@ -82,6 +87,7 @@ class RsfmAlgorithm(QgsProcessingAlgorithm):
     TWO_INPUTS = False
     HAS_THRESHOLD = False
     HAS_VECTORIZE = False
+    HAS_CLASSIFY_PER = False  # scene classification: per tile grid or per polygon of AOI
 
     # -- identity -------------------------------------------------------------------------------------
     def tr(self, text: str) -> str:
@@ -106,8 +112,9 @@ class RsfmAlgorithm(QgsProcessingAlgorithm):
         return self.tr(self.SHORT)
 
     def shortHelpString(self) -> str:  # noqa: N802
-        return self.tr(self.HELP + "\n\nThe model runs in the RSFM backend (started automatically). Leave "
-                       "Model empty to use the first installed model for this task that fits the layer.")
+        return self.tr(self.HELP) + "\n\n" + self.tr(
+            "The model runs in the RSFM backend (started automatically). Leave Model empty to use the first "
+            "installed model for this task that fits the layer.")
 
     def tags(self) -> list[str]:
         return [t for t in ("rsfm", "deep learning", "remote sensing", "mtp", *self.TASK.split("_")) if t]
@@ -124,6 +131,15 @@ class RsfmAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterString(
             self.MODEL, self.tr("Model id (empty: first fitting model)"), defaultValue="", optional=True))
         self.addParameter(QgsProcessingParameterExtent(self.EXTENT, self.tr("Area to process"), optional=True))
+        # Processing convention: a feature source; "Selected features only" limits it to the selection. The
+        # polygons' shapes (not their bounding box) limit the job (options.aoi, sent in the raster's CRS).
+        self.addParameter(QgsProcessingParameterFeatureSource(
+            self.AOI, self.tr("Limit to polygons (only their inside is processed)"),
+            [QgsProcessing.SourceType.TypeVectorPolygon], optional=True))
+        if self.HAS_CLASSIFY_PER:
+            self.addParameter(QgsProcessingParameterEnum(
+                self.CLASSIFY_PER, self.tr("Classify"),
+                [self.tr("Per tile (grid)"), self.tr("Per polygon of 'Limit to polygons'")], defaultValue=0))
         if self.HAS_THRESHOLD:
             self.addParameter(QgsProcessingParameterNumber(
                 self.SCORE_THRESHOLD, self.tr("Score threshold (empty: model default)"),
@@ -179,11 +195,12 @@ class RsfmAlgorithm(QgsProcessingAlgorithm):
                     return m
             others = ", ".join(m.id for m in models) or "none installed"
             raise QgsProcessingException(self.tr(
-                f"No {self.TASK.replace('_', ' ')} model called '{model_id}'. Available: {others}."))
+                "No {task} model called '{model}'. Available: {others}.").format(
+                task=self.TASK.replace("_", " "), model=model_id, others=others))
         if not models:
             raise QgsProcessingException(self.tr(
-                f"No {self.TASK.replace('_', ' ')} model is installed in the backend; add a model package "
-                "folder in RSFM Settings > Model folders, or download one in the model browser."))
+                "No {task} model is installed in the backend; add a model package folder in RSFM Settings > "
+                "Model folders, or download one in the model browser.").format(task=self.TASK.replace("_", " ")))
         facts = layer_facts(layer)
         for m in models:
             if check_fitness(m.config, facts, allow_gsd).ok:
@@ -205,7 +222,7 @@ class RsfmAlgorithm(QgsProcessingAlgorithm):
         try:
             model = self._choose_model(client, self.parameterAsString(parameters, self.MODEL, context).strip(),
                                        layer, allow_gsd)
-            feedback.pushInfo(self.tr(f"Model: {model.id}"))
+            feedback.pushInfo(self.tr("Model: {model}").format(model=model.id))
             for lyr in [layer] + ([after] if after is not None else []):
                 fit = check_fitness(model.config, layer_facts(lyr), allow_gsd)
                 for w in fit.warnings:
@@ -219,6 +236,17 @@ class RsfmAlgorithm(QgsProcessingAlgorithm):
                     area = None
                 elif after is not None:  # the after image may use another CRS; the backend warps it
                     area_after = self.parameterAsExtent(parameters, self.EXTENT, context, after.crs())
+            aoi = self._aoi(parameters, context, layer)
+            if aoi is not None:
+                aoi, aoi_rect = aoi
+                area = aoi_rect if area is None else area.intersect(aoi_rect)
+                if after is not None:
+                    area_after = to_layer_crs(area, layer.crs(), after)
+            per_polygon = self.HAS_CLASSIFY_PER and self.parameterAsEnum(parameters, self.CLASSIFY_PER, context) == 1
+            if per_polygon and aoi is None:
+                raise QgsProcessingException(self.tr(
+                    "Classifying per polygon needs polygons: choose a polygon layer in 'Limit to polygons' (tick "
+                    "'Selected features only' to classify only the selected ones)."))
             out_dir = self.parameterAsString(parameters, self.OUTPUT_FOLDER, context) or tempfile.mkdtemp(
                 prefix="rsfm_")
             try:
@@ -227,6 +255,10 @@ class RsfmAlgorithm(QgsProcessingAlgorithm):
             except InputError as exc:
                 raise QgsProcessingException(str(exc)) from None
             request = self._request(parameters, context, model, prepared, prepared_after, out_dir)
+            if aoi is not None:
+                request["options"]["aoi"] = aoi
+            if per_polygon:
+                request["options"]["classify_per"] = "polygon"
             for p in [prepared] + ([prepared_after] if prepared_after else []):
                 check = client.check(model.id, p.path)
                 for w in check.warnings:
@@ -234,7 +266,7 @@ class RsfmAlgorithm(QgsProcessingAlgorithm):
                 if not check.ok and not (allow_gsd and all("GSD" in x or "pixel" in x for x in check.problems)):
                     raise QgsProcessingException(" ".join(check.problems))
             job = client.submit(request)
-            feedback.pushInfo(self.tr(f"Backend job {job.id} submitted"))
+            feedback.pushInfo(self.tr("Backend job {job} submitted").format(job=job.id))
 
             def update(j: Job) -> None:
                 feedback.setProgress(100.0 * j.progress)
@@ -245,16 +277,16 @@ class RsfmAlgorithm(QgsProcessingAlgorithm):
         except RsfmClientError as exc:
             if exc.code == "rasters_do_not_overlap" and after is not None:
                 raise QgsProcessingException(self.tr(
-                    f"The before image '{layer.name()}' and the after image '{after.name()}' do not overlap, so "
-                    "there is nothing to compare. Choose two images of the same place (they may use different "
-                    "CRSs).")) from None
+                    "The before image '{before}' and the after image '{after}' do not overlap, so there is "
+                    "nothing to compare. Choose two images of the same place (they may use different CRSs)."
+                ).format(before=layer.name(), after=after.name())) from None
             raise QgsProcessingException(exc.message) from None
         for w in final.warnings:
             feedback.pushWarning(w)
         if final.state == "cancelled":
             raise QgsProcessingException(self.tr("The run was cancelled; no output was written."))
         if final.state != "succeeded":
-            raise QgsProcessingException(self.tr(f"The backend job failed: {final.error_message}"))
+            raise QgsProcessingException(self.tr("The backend job failed: {error}").format(error=final.error_message))
         outputs = final.outputs
         if not outputs:
             raise QgsProcessingException(self.tr("The backend finished but wrote no output; see its log."))
@@ -262,8 +294,20 @@ class RsfmAlgorithm(QgsProcessingAlgorithm):
         self._load_on_completion(final, outputs, layer.name(), context)
         stats = (final.result or {}).get("stats")
         if stats:
-            feedback.pushInfo(self.tr(f"Statistics: {stats}"))
+            feedback.pushInfo(self.tr("Statistics: {stats}").format(stats=stats))
         return {self.OUTPUT: primary.path, self.JOB_ID: final.id, "OUTPUT_DIR": out_dir}
+
+    def _aoi(self, parameters: dict, context: QgsProcessingContext, layer: QgsRasterLayer):
+        """``(aoi FeatureCollection, its bounding box)`` in the raster layer's CRS, or None without polygons."""
+        if parameters.get(self.AOI) in (None, ""):
+            return None
+        source = self.parameterAsSource(parameters, self.AOI, context)
+        if source is None:
+            raise QgsProcessingException(self.invalidSourceError(parameters, self.AOI))
+        try:
+            return features_aoi(source.getFeatures(), source.sourceCrs(), layer, source.sourceName())
+        except InputError as exc:
+            raise QgsProcessingException(str(exc)[:1].upper() + str(exc)[1:]) from None
 
     def _request(self, parameters, context, model: ModelInfo, prepared, prepared_after, out_dir: str) -> dict:
         options: dict[str, Any] = {}
@@ -278,7 +322,8 @@ class RsfmAlgorithm(QgsProcessingAlgorithm):
                 options["bands"] = [int(b) for b in bands_text.replace(" ", "").split(",") if b]
             except ValueError:
                 raise QgsProcessingException(self.tr(
-                    f"Bands must be numbers separated by commas, e.g. 1,2,3 (got '{bands_text}').")) from None
+                    "Bands must be numbers separated by commas, e.g. 1,2,3 (got '{bands}')."
+                ).format(bands=bands_text)) from None
         elif prepared.bands:
             options["bands"] = prepared.bands
         if self.HAS_THRESHOLD and parameters.get(self.SCORE_THRESHOLD) not in (None, ""):

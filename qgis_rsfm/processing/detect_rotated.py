@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from qgis.PyQt.QtCore import QT_TRANSLATE_NOOP
+
 from .base import RsfmAlgorithm
 
 
@@ -10,9 +12,10 @@ class DetectRotatedAlgorithm(RsfmAlgorithm):
 
     TASK = "rotated_detection"
     ALG_NAME = "detect_rotated"
-    DISPLAY = "Detect objects (rotated boxes)"
-    SHORT = "Detects objects with oriented boxes and writes them as polygons."
-    HELP = (
+    DISPLAY = QT_TRANSLATE_NOOP("RsfmProcessing", "Detect objects (rotated boxes)")
+    SHORT = QT_TRANSLATE_NOOP("RsfmProcessing", "Detects objects with oriented boxes and writes them as polygons.")
+    HELP = QT_TRANSLATE_NOOP(
+        "RsfmProcessing",
         "Runs a rotated-box detector (ships, planes, vehicles at any heading) over the raster in tiles and writes each object as a rotated rectangle (GeoPackage) with class, score, angle, length and width fields."
     )
     PRIMARY_KIND = "vector"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from qgis.PyQt.QtCore import QT_TRANSLATE_NOOP
+
 from .base import RsfmAlgorithm
 
 
@@ -10,9 +12,10 @@ class SegmentAlgorithm(RsfmAlgorithm):
 
     TASK = "semantic_segmentation"
     ALG_NAME = "segment"
-    DISPLAY = "Segment raster (land cover)"
-    SHORT = "Labels every pixel of a raster with a land-cover class."
-    HELP = (
+    DISPLAY = QT_TRANSLATE_NOOP("RsfmProcessing", "Segment raster (land cover)")
+    SHORT = QT_TRANSLATE_NOOP("RsfmProcessing", "Labels every pixel of a raster with a land-cover class.")
+    HELP = QT_TRANSLATE_NOOP(
+        "RsfmProcessing",
         "Runs a semantic segmentation model over the raster in overlapping tiles and writes a class raster (GeoTIFF with the class colours) in the input's CRS and grid. Optionally also writes the classes as polygons (GeoPackage)."
     )
     PRIMARY_KIND = "raster"

@@ -76,10 +76,13 @@ class StatusAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(str(exc)) from None
         except RsfmClientError as exc:
             raise QgsProcessingException(exc.message) from None
-        feedback.pushInfo(self.tr(f"Backend {health.get('version')} at {client.base_url} on {health.get('device')}"))
+        feedback.pushInfo(self.tr("Backend {version} at {url} on {device}").format(
+            version=health.get("version"), url=client.base_url, device=health.get("device")))
         for m in models:
-            feedback.pushInfo(f"{m.id}  [{m.task}]  {len(m.bands)} bands, {m.gsd_m:g} m/px, "
-                              f"{len(m.class_names)} classes, licence {m.config.get('licence', '?')}")
+            feedback.pushInfo(self.tr("{id}  [{task}]  {bands} bands, {gsd} m/px, {classes} classes, licence "
+                                      "{licence}").format(id=m.id, task=m.task, bands=len(m.bands),
+                                                          gsd=f"{m.gsd_m:g}", classes=len(m.class_names),
+                                                          licence=m.config.get("licence", "?")))
         if not models:
             feedback.pushWarning(self.tr("No model is installed for this task; add a model folder in RSFM "
                                          "Settings."))

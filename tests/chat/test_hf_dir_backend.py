@@ -55,3 +55,30 @@ def test_bad_directory(tmp_path):
         HFDirBackend(str(tmp_path))
     with pytest.raises(LMError, match="needs 'path'"):
         make_backend({"name": "hf_dir"})
+
+
+def test_bf16_weights_fixed_length_and_stats(tiny_dir, tmp_path, monkeypatch):
+    """RSFM_CHAT_DTYPE=bf16 keeps the weights in bf16; ignore_eos runs exactly max_tokens steps; last_stats."""
+    import shutil
+
+    import torch
+
+    d = tmp_path / "tiny_bf16"  # another folder: backends are cached per resolved path
+    shutil.copytree(tiny_dir, d)
+    monkeypatch.setenv("RSFM_CHAT_DTYPE", "bf16")
+    monkeypatch.setenv("RSFM_CHAT_THREADS", "1")
+    lm = HFDirBackend(str(d))
+    assert next(lm._lm.model.parameters()).dtype == torch.bfloat16
+    assert lm.describe()["dtype"] == "bf16" and lm.describe()["threads"] == 1
+    msgs = [{"role": "user", "content": "how many ships"}]
+    lm._lm.generate(msgs, max_tokens=9, ignore_eos=True)
+    st = lm._lm.last_stats
+    assert st["new_tokens"] == 9 and st["prompt_tokens"] == lm._lm.prompt_ids(msgs).shape[1]
+    assert 0 < st["prefill_s"] <= st["total_s"]
+    # RSFM_CHAT_DTYPE=fp32 on the same model: fp32 weights, generation works
+    monkeypatch.setenv("RSFM_CHAT_DTYPE", "fp32")
+    d32 = tmp_path / "tiny_fp32"
+    shutil.copytree(tiny_dir, d32)
+    lm32 = HFDirBackend(str(d32))
+    assert next(lm32._lm.model.parameters()).dtype == torch.float32
+    assert all(w in WORDS for w in lm32.generate(msgs, max_tokens=6).split())

@@ -185,6 +185,27 @@ def write_noise_raster(path: str, size_px: int = 1024) -> str:
     return path
 
 
+@pytest.fixture
+def big_raster(tmp_path) -> str:
+    """Path of a fresh :func:`write_noise_raster` GeoTIFF in the test's tmp folder (for the cancel tests:
+    big enough that a job is still running when Cancel arrives)."""
+    return write_noise_raster(str(tmp_path / "big.tif"))
+
+
+@pytest.fixture
+def add_raster(project):
+    """``add_raster(path, name)``: open a file as a QgsRasterLayer, check it is valid, add it to the project."""
+    from qgis.core import QgsRasterLayer
+
+    def add(path: str, name: str):
+        lyr = QgsRasterLayer(path, name)
+        assert lyr.isValid(), f"QGIS cannot open {path}"
+        project.addMapLayer(lyr)
+        return lyr
+
+    return add
+
+
 def wait_for(predicate, timeout_s: float = 60.0) -> bool:
     """Spin the Qt event loop until ``predicate()`` is true (task-manager callbacks need the loop)."""
     import time

@@ -28,6 +28,10 @@ def test_zip_layout(tmp_path):
         icon = cp["general"]["icon"]
         assert f"qgis_rsfm/{icon}" in names
         assert "def classFactory" in z.read("qgis_rsfm/__init__.py").decode()
+        # the compiled German translation ships (byte-identical), its .ts source does not
+        assert "qgis_rsfm/i18n/rsfm_de.qm" in names
+        assert z.read("qgis_rsfm/i18n/rsfm_de.qm") == (REPO / "qgis_rsfm" / "i18n" / "rsfm_de.qm").read_bytes()
+        assert not [n for n in names if n.endswith(".ts")]
 
 
 def test_diverging_metadata_copy_is_refused(tmp_path):
@@ -39,4 +43,18 @@ def test_diverging_metadata_copy_is_refused(tmp_path):
     shutil.copytree(REPO / "qgis_rsfm", fake / "qgis_rsfm", ignore=shutil.ignore_patterns("__pycache__"))
     (fake / "metadata.txt").write_text((REPO / "metadata.txt").read_text() + "\n# changed\n")
     with pytest.raises(SystemExit, match="identical copy"):
+        build_plugin.files_to_pack(fake)
+
+
+def test_uncompiled_translation_is_refused(tmp_path):
+    import shutil
+
+    import pytest
+
+    fake = tmp_path / "repo"
+    shutil.copytree(REPO / "qgis_rsfm", fake / "qgis_rsfm", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "metadata.txt", fake / "metadata.txt")
+    assert build_plugin.files_to_pack(fake)  # as committed: every .ts has its .qm
+    (fake / "qgis_rsfm" / "i18n" / "rsfm_de.qm").unlink()
+    with pytest.raises(SystemExit, match="rsfm_de.ts not compiled"):
         build_plugin.files_to_pack(fake)

@@ -7,16 +7,7 @@ import pytest
 
 pytest.importorskip("qgis.core")
 
-from conftest import wait_for, write_noise_raster  # noqa: E402
-
-
-def _add_raster(project, path, name):
-    from qgis.core import QgsRasterLayer
-
-    lyr = QgsRasterLayer(path, name)
-    assert lyr.isValid()
-    project.addMapLayer(lyr)
-    return lyr
+from conftest import wait_for  # noqa: E402
 
 
 def test_health_and_models_reach_every_page(dock, fixtures_index):
@@ -34,10 +25,10 @@ def test_health_and_models_reach_every_page(dock, fixtures_index):
     assert dock.health is not None and "jobs running" in dock.health_label.text()
 
 
-def test_segmentation_job_adds_a_georeferenced_styled_layer(dock, project, rasters, tmp_path):
+def test_segmentation_job_adds_a_georeferenced_styled_layer(dock, project, rasters, tmp_path, add_raster):
     from qgis.core import QgsRasterLayer
 
-    src = _add_raster(project, rasters["rgb"], "fixture rgb")
+    src = add_raster(rasters["rgb"], "fixture rgb")
     page = dock.pages["semantic_segmentation"]
     page.layer_box.setLayer(src)
     assert page.current_model().id == "rsfm-fixture-semantic-segmentation"
@@ -65,8 +56,8 @@ def test_segmentation_job_adds_a_georeferenced_styled_layer(dock, project, raste
     assert page.progress.value() == 100
 
 
-def test_visible_extent_area_sends_a_bbox(dock, project, rasters, iface, tmp_path):
-    src = _add_raster(project, rasters["rgb"], "fixture rgb")
+def test_visible_extent_area_sends_a_bbox(dock, project, rasters, iface, tmp_path, add_raster):
+    src = add_raster(rasters["rgb"], "fixture rgb")
     canvas = iface.mapCanvas()
     canvas.setDestinationCrs(src.crs())
     e = src.extent()
@@ -83,8 +74,8 @@ def test_visible_extent_area_sends_a_bbox(dock, project, rasters, iface, tmp_pat
     assert spec.request["inputs"]["raster"] == rasters["rgb"]
 
 
-def test_one_band_layer_hides_three_band_models_with_reason(dock, project, rasters):
-    src = _add_raster(project, rasters["one_band"], "one band")
+def test_one_band_layer_hides_three_band_models_with_reason(dock, project, rasters, add_raster):
+    src = add_raster(rasters["one_band"], "one band")
     page = dock.pages["semantic_segmentation"]
     page.layer_box.setLayer(src)
     assert page.model_box.count() == 0 and not page.run_button.isEnabled()
@@ -95,12 +86,9 @@ def test_one_band_layer_hides_three_band_models_with_reason(dock, project, raste
     page.show_all.setChecked(False)
 
 
-def test_cancel_stops_the_backend_job_and_adds_no_layer(dock, project, client, tmp_path):
-
+def test_cancel_stops_the_backend_job_and_adds_no_layer(dock, project, client, tmp_path, add_raster, big_raster):
     # A raster big enough that the job is still running when Cancel arrives (~400 tiles of 64 px).
-    path = str(tmp_path / "big.tif")
-    write_noise_raster(path)
-    src = _add_raster(project, path, "big")
+    src = add_raster(big_raster, "big")
     n_layers = len(project.mapLayers())
     page = dock.pages["semantic_segmentation"]
     page.layer_box.setLayer(src)
@@ -118,10 +106,10 @@ def test_cancel_stops_the_backend_job_and_adds_no_layer(dock, project, client, t
     assert "Cancelled" in page.status_label.text()
 
 
-def test_model_browser_shows_cards_and_fitness(dock, project, rasters):
+def test_model_browser_shows_cards_and_fitness(dock, project, rasters, add_raster):
     from qgis_rsfm.gui.model_browser import ModelBrowserDialog
 
-    one = _add_raster(project, rasters["one_band"], "one band")
+    one = add_raster(rasters["one_band"], "one band")
     dlg = ModelBrowserDialog(dock.models, dock.iface)
     assert dlg.list.count() == len(dock.models) >= 1
     dlg.task_combo.setCurrentIndex(dlg.task_combo.findData("semantic_segmentation"))
@@ -166,7 +154,7 @@ def test_settings_dialog_round_trip(qgis_app, tmp_path):
     dlg.close()
 
 
-def test_selected_polygons_area_is_reprojected_into_the_raster_crs(dock, project, rasters, tmp_path):
+def test_selected_polygons_area_is_reprojected_into_the_raster_crs(dock, project, rasters, tmp_path, add_raster):
     from qgis.core import (
         QgsCoordinateReferenceSystem,
         QgsCoordinateTransform,
@@ -176,7 +164,7 @@ def test_selected_polygons_area_is_reprojected_into_the_raster_crs(dock, project
         QgsVectorLayer,
     )
 
-    src = _add_raster(project, rasters["rgb"], "fixture rgb")
+    src = add_raster(rasters["rgb"], "fixture rgb")
     e = src.extent()
     # A polygon over the raster's upper-left quarter, stored in WGS 84 (a different CRS than the raster).
     quarter = QgsRectangle(e.xMinimum() + 5, e.center().y(), e.center().x(), e.yMaximum() - 5)

@@ -154,15 +154,14 @@ def test_coarse_gsd_is_refused_unless_allowed(provider, backend, rasters, tmp_pa
     assert out["OUTPUT"].endswith(".tif")
 
 
-def test_cancel_reaches_the_backend(provider, backend, client, tmp_path):
+def test_cancel_reaches_the_backend(provider, backend, client, tmp_path, big_raster):
     """feedback.cancel() during the run cancels the backend job; nothing is written."""
     import threading
 
     import processing
-    from conftest import write_noise_raster
     from qgis.core import QgsProcessingContext, QgsProcessingException, QgsProcessingFeedback
 
-    path = write_noise_raster(str(tmp_path / "big.tif"))
+    path = big_raster
     feedback = QgsProcessingFeedback()
     before = {j.id for j in client.jobs()}
 

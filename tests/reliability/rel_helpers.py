@@ -85,15 +85,21 @@ class Backend:
 
 
 def start_backend(tmp: Path, token: str, *, models: Path, extra_env: dict[str, str] | None = None,
-                  preexec=None, log_name: str = "backend.log", log_level: str = "DEBUG") -> Backend:
-    """Start the backend as a subprocess (stderr to a log file) and wait for its ready line."""
+                  preexec=None, log_name: str = "backend.log", log_level: str = "DEBUG",
+                  wrap: list[str] | None = None) -> Backend:
+    """Start the backend as a subprocess (stderr to a log file) and wait for its ready line.
+
+    ``wrap`` is a command prefix that must ``exec`` the backend command given after it (e.g. ``unshare``), so
+    that the backend keeps the subprocess's pid.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("RSFM_")}
     env.update(OMP_NUM_THREADS="1", RSFM_TOKEN=token, RSFM_MODELS_PATH=str(models), RSFM_THREADS="1",
                RSFM_DEVICE="cpu", PYTHONPATH=str(REPO))
     env.update(extra_env or {})
     log_path = tmp / log_name
     log = open(log_path, "ab")  # noqa: SIM115 - handed to the child process
-    proc = subprocess.Popen([sys.executable, "-m", "backend", "serve", "--port", "0", "--log-level", log_level],
+    cmd = [sys.executable, "-m", "backend", "serve", "--port", "0", "--log-level", log_level]
+    proc = subprocess.Popen([*(wrap or []), *cmd],
                             stdout=subprocess.PIPE, stderr=log, env=env, cwd=str(REPO), preexec_fn=preexec)
     log.close()
     line = proc.stdout.readline()

@@ -8,8 +8,10 @@ import signal
 import time
 
 import numpy as np
+import pyogrio
+import pytest
 import rasterio
-from rel_helpers import SEG, assert_error, seg_job, start_backend
+from rel_helpers import SEG, assert_error, mf, seg_job, start_backend
 
 
 def _visible(d):
@@ -67,6 +69,83 @@ def test_sigkill_mid_job_then_resume_equals_clean_run(rfx, tmp_path):
     assert job["result"]["stats"]["classes"] == ref["result"]["stats"]["classes"]
     assert job["result"]["stats"]["polygons"] == ref["result"]["stats"]["polygons"]
     assert (out / "lc.qml").read_bytes() == (clean / "lc.qml").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def sparse_fx(tmp_path_factory):
+    """Real fixture packages of two sparse tasks (seeded random weights) and rasters sized so a job takes a few
+    seconds on one CPU thread."""
+    root = tmp_path_factory.mktemp("sparse")
+    models = root / "models"
+    for task in ("object_detection", "scene_classification"):
+        mf.build_fixture_package(task, models / task)
+    return {"models": models, "object_detection": mf.write_fixture_raster(root / "det.tif", width=320, height=320),
+            "scene_classification": mf.write_fixture_raster(root / "scene.tif", width=1024, height=1024)}
+
+
+def _features(path, layer):
+    """WKB per feature and every attribute except the run's timestamp, in file order."""
+    meta = pyogrio.read_info(path, layer=layer)
+    _, _, geoms, fields = pyogrio.raw.read(path, layer=layer)
+    return [bytes(g) for g in geoms], {n: list(f) for n, f in zip(meta["fields"], fields, strict=True)
+                                       if n != "created"}
+
+
+# (task, layer, tiles in the job (64 px tiles, 16 px overlap, batch 2), journal units to wait for before the kill)
+SPARSE = [("object_detection", "detections", 49, 4), ("scene_classification", "scenes", 441, 20)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task,layer,n_tiles,wait_units", SPARSE, ids=[t[0] for t in SPARSE])
+def test_sigkill_mid_sparse_job_then_resume_equals_clean_run(sparse_fx, tmp_path, task, layer, n_tiles,
+                                                             wait_units):
+    token = secrets.token_urlsafe(24)
+    # one journal unit per batch (the default groups ~3 s of work), so the kill lands between units
+    env = {"RSFM_RUNTIME": "torch", "RSFM_JOURNAL_INTERVAL_S": "0"}
+    out, clean = tmp_path / "out", tmp_path / "clean"
+
+    def body(d):
+        return {"task": task, "model": mf.fixture_name(task), "inputs": {"raster": str(sparse_fx[task])},
+                "output_dir": str(d), "options": {"output_name": "sp", "score_threshold": 0.3}}
+
+    be = start_backend(tmp_path, token, models=sparse_fx["models"], extra_env=env)
+    try:
+        status, job = be.call("POST", "/api/v1/jobs", body(out))
+        assert status == 202, job
+        jid = job["id"]
+        journal = out / f".sp.{jid[:12]}.tmp.journal"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(list(journal.glob("b*.npz"))) < wait_units:
+            time.sleep(0.01)
+        os.kill(be.proc.pid, signal.SIGKILL)
+        be.proc.wait(30)
+    finally:
+        be.stop()
+    units = len(list(journal.glob("b*.npz")))
+    n_batches = (n_tiles + 1) // 2
+    assert wait_units <= units < n_batches, units  # really killed mid-job, with journalled batches
+    assert _visible(out) == []
+
+    be = start_backend(tmp_path, token, models=sparse_fx["models"], extra_env=env)
+    try:
+        status, job = be.call("POST", f"/api/v1/jobs/{jid}/resume", {"output_dir": str(out)})
+        assert status == 202 and job["id"] == jid, job
+        job = be.wait(jid)
+        assert job["state"] == "succeeded", job
+        # every unit is one full batch of 2 tiles (the short last batch was not reached)
+        assert f"resumed: {2 * units} of {n_tiles} tiles were already done" in job["warnings"], job["warnings"]
+        status, ref = be.call("POST", "/api/v1/jobs", body(clean))
+        ref = be.wait(ref["id"])
+        assert ref["state"] == "succeeded", ref
+        assert not any(w.startswith("resumed") for w in ref["warnings"])
+    finally:
+        be.stop()
+    assert sorted(p.name for p in out.iterdir()) == ["sp.gpkg", "sp.qml"]  # journal and record gone
+    got, want = _features(out / "sp.gpkg", layer), _features(clean / "sp.gpkg", layer)
+    assert len(got[0]) > 0
+    assert got == want  # same features, byte-identical geometries, same attributes, same order
+    assert job["result"]["stats"] == ref["result"]["stats"]
+    assert (out / "sp.qml").read_bytes() == (clean / "sp.qml").read_bytes()
 
 
 def test_resume_refusals_and_records(rapi, rfx, tmp_path):

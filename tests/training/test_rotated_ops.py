@@ -315,3 +315,28 @@ def test_iou_degenerate_configurations(dtype):
            if float(q[2] * q[3]) > 0 else 0.0 for q in b]  # fmt: skip
     np.testing.assert_allclose(ours, ref, atol=1e-5 if dtype == torch.float32 else 1e-12)
     assert ours[1] == pytest.approx(0.0, abs=1e-6) and ours[3] == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("thr", [0.1, 0.7])
+def test_nms_on_a_pile_of_boxes_matches_dense_greedy(thr):
+    """Hundreds of boxes on top of each other (an untrained model's output): more overlapping pairs than the
+    eager path takes, so only kept boxes' IoUs are computed; the result equals greedy NMS over all IoUs."""
+    from training.ops import rotated
+
+    gen = torch.Generator().manual_seed(13)
+    boxes = random_rboxes(400, gen, spread=15.0).float()
+    scores = torch.rand(400, generator=gen)
+    hull = rbox_to_hbox(boxes)
+    lt = torch.maximum(hull[:, None, :2], hull[None, :, :2])
+    rb = torch.minimum(hull[:, None, 2:], hull[None, :, 2:])
+    assert int(((rb - lt) > 0).all(-1).sum()) // 2 > rotated._NMS_EAGER_PAIRS  # the lazy path runs
+    order = scores.argsort(descending=True, stable=True)
+    iou = rbox_iou(boxes[order], boxes[order])
+    removed = torch.zeros(400, dtype=torch.bool)
+    expected = []
+    for i in range(400):
+        if not removed[i]:
+            expected.append(int(order[i]))
+            removed |= iou[i] > thr
+    got = rotated_nms(boxes, scores, thr).tolist()
+    assert got == expected and 1 < len(got) < 400
