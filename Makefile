@@ -8,7 +8,7 @@ QGIS_PYTHON ?= /usr/bin/python3
 QGIS_APT := qgis python3-qgis qgis-providers xvfb python3-pytest
 STAMP := $(VENV)/.rsfm-installed
 
-.PHONY: venv qgis demo test test-backend test-qgis plugin bench lint clean
+.PHONY: venv qgis demo test test-backend test-qgis plugin bench lint translations clean
 
 venv: $(STAMP)
 
@@ -29,6 +29,14 @@ qgis:
 	else \
 	  echo "QGIS is not installed and this is not root: plugin tests will be skipped (install: $(QGIS_APT))"; \
 	fi
+
+# Regenerate qgis_rsfm/i18n/*.ts from the tr() strings and compile the .qm (committed, so tests need neither tool).
+I18N_APT := pyqt5-dev-tools qttools5-dev-tools
+translations:
+	@command -v pylupdate5 >/dev/null && command -v lrelease >/dev/null || { [ "$$(id -u)" = 0 ] && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(I18N_APT) >/dev/null; } || \
+	  { echo "install $(I18N_APT) (pylupdate5, lrelease)"; exit 1; }
+	$(QGIS_PYTHON) scripts/update_translations.py
 
 demo: venv
 	$(PY) scripts/demo.py --out demo-output

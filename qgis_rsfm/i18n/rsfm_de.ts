@@ -981,212 +981,212 @@
     <context>
         <name>RsfmTaskPage</name>
         <message>
-            <location filename="../gui/task_page.py" line="144" />
+            <location filename="../gui/task_page.py" line="147" />
             <source>Before image</source>
             <translation>Vorher-Bild</translation>
         </message>
         <message>
-            <location filename="../gui/task_page.py" line="144" />
+            <location filename="../gui/task_page.py" line="147" />
             <source>Raster layer</source>
             <translation>Rasterlayer</translation>
         </message>
         <message>
-            <location filename="../gui/task_page.py" line="149" />
+            <location filename="../gui/task_page.py" line="152" />
             <source>After image</source>
             <translation>Nachher-Bild</translation>
         </message>
         <message>
-            <location filename="../gui/task_page.py" line="152" />
+            <location filename="../gui/task_page.py" line="155" />
             <source>Selected polygons</source>
             <translation>Ausgewählte Polygone</translation>
         </message>
         <message>
-            <location filename="../gui/task_page.py" line="152" />
+            <location filename="../gui/task_page.py" line="155" />
             <source>Visible map extent</source>
             <translation>Sichtbarer Kartenausschnitt</translation>
         </message>
         <message>
-            <location filename="../gui/task_page.py" line="152" />
+            <location filename="../gui/task_page.py" line="155" />
             <source>Whole layer</source>
             <translation>Ganzer Layer</translation>
         </message>
         <message>
-            <location filename="../gui/task_page.py" line="155" />
+            <location filename="../gui/task_page.py" line="158" />
             <source>Selected polygons: only the inside of the selected features is processed; outside them the result is empty (nodata).</source>
             <translation>Ausgewählte Polygone: Nur das Innere der ausgewählten Objekte wird verarbeitet; außerhalb bleibt das Ergebnis leer (NoData).</translation>
         </message>
         <message>
-            <location filename="../gui/task_page.py" line="157" />
+            <location filename="../gui/task_page.py" line="160" />
             <source>Area</source>
             <translation>Bereich</translation>
         </message>
         <message>
-            <location filename="../gui/task_page.py" line="160" />
+            <location filename="../gui/task_page.py" line="163" />
             <source>Polygon layer</source>
             <translation>Polygonlayer</translation>
         </message>
         <message>
-            <location filename="../gui/task_page.py" line="165" />
+            <location filename="../gui/task_page.py" line="168" />
             <source>Per selected polygon</source>
             <translation>Je ausgewähltem Polygon</translation>
         </message>
         <message>
-            <location filename="../gui/task_page.py" line="165" />
+            <location filename="../gui/task_page.py" line="168" />
             <source>Per tile (grid)</source>
             <translation>Je Kachel (Raster)</translation>
         </message>
         <message>
-            <location filename="../gui/task_page.py" line="166" />
+            <location filename="../gui/task_page.py" line="169" />
             <source>Per selected polygon: each selected polygon gets one scene class, from the model's probabilities averaged over the tiles covering it.</source>
             <translation>Je ausgewähltem Polygon: Jedes ausgewählte Polygon erhält eine Szenenklasse aus den über die abdeckenden Kacheln gemittelten Wahrscheinlichkeiten des Modells.</translation>
         </message>
         <message>
-            <location filename="../gui/task_page.py" line="168" />
+            <location filename="../gui/task_page.py" line="171" />
             <source>Classify</source>
             <translation>Klassifizieren</translation>
         </message>
         <message>
-            <location filename="../gui/task_page.py" line="174" />
+            <location filename="../gui/task_page.py" line="177" />
             <source>Model</source>
             <translation>Modell</translation>
         </message>
         <message>
-            <location filename="../gui/task_page.py" line="175" />
+            <location filename="../gui/task_page.py" line="178" />
             <source>Also list models that do not fit this layer</source>
             <translation>Auch Modelle anzeigen, die nicht zu diesem Layer passen</translation>
         </message>
         <message>
-            <location filename="../gui/task_page.py" line="183" />
+            <location filename="../gui/task_page.py" line="186" />
             <source>Advanced options</source>
             <translation>Erweiterte Optionen</translation>
         </message>
         <message>
-            <location filename="../gui/task_page.py" line="190" />
+            <location filename="../gui/task_page.py" line="193" />
             <source>Tile size</source>
             <translation>Kachelgröße</translation>
         </message>
         <message>
-            <location filename="../gui/task_page.py" line="196" />
+            <location filename="../gui/task_page.py" line="199" />
             <source>Tile overlap</source>
             <translation>Kachelüberlappung</translation>
         </message>
         <message>
-            <location filename="../gui/task_page.py" line="200" />
+            <location filename="../gui/task_page.py" line="203" />
             <source>Batch size</source>
             <translation>Batchgröße</translation>
         </message>
         <message>
-            <location filename="../gui/task_page.py" line="207" />
+            <location filename="../gui/task_page.py" line="210" />
             <source>model default</source>
             <translation>Modellvorgabe</translation>
         </message>
         <message>
-            <location filename="../gui/task_page.py" line="208" />
+            <location filename="../gui/task_page.py" line="211" />
             <source>Score threshold</source>
             <translation>Konfidenzschwelle</translation>
         </message>
         <message>
-            <location filename="../gui/task_page.py" line="211" />
+            <location filename="../gui/task_page.py" line="214" />
             <source>Also write polygons (GeoPackage)</source>
             <translation>Auch Polygone schreiben (GeoPackage)</translation>
         </message>
         <message>
-            <location filename="../gui/task_page.py" line="213" />
+            <location filename="../gui/task_page.py" line="216" />
             <source>Run even if the pixel size is far from the model's</source>
             <translation>Auch ausführen, wenn die Pixelgröße stark von der des Modells abweicht</translation>
         </message>
         <message>
-            <location filename="../gui/task_page.py" line="220" />
+            <location filename="../gui/task_page.py" line="223" />
             <source>default output folder (Settings)</source>
             <translation>Standard-Ausgabeordner (Einstellungen)</translation>
         </message>
         <message>
-            <location filename="../gui/task_page.py" line="221" />
+            <location filename="../gui/task_page.py" line="224" />
             <source>Output folder</source>
             <translation>Ausgabeordner</translation>
         </message>
         <message>
-            <location filename="../gui/task_page.py" line="225" />
+            <location filename="../gui/task_page.py" line="228" />
             <source>Run</source>
             <translation>Ausführen</translation>
         </message>
         <message>
-            <location filename="../gui/task_page.py" line="226" />
+            <location filename="../gui/task_page.py" line="229" />
             <source>Cancel</source>
             <translation>Abbrechen</translation>
         </message>
         <message>
-            <location filename="../gui/task_page.py" line="236" />
+            <location filename="../gui/task_page.py" line="239" />
             <source>Ready.</source>
             <translation>Bereit.</translation>
         </message>
         <message>
-            <location filename="../gui/task_page.py" line="311" />
+            <location filename="../gui/task_page.py" line="314" />
             <source>No model for this task is installed. Open the model browser or add a model folder in Settings.</source>
             <translation>Für diese Aufgabe ist kein Modell installiert. Öffnen Sie den Modellbrowser oder fügen Sie in den Einstellungen einen Modellordner hinzu.</translation>
         </message>
         <message>
-            <location filename="../gui/task_page.py" line="314" />
+            <location filename="../gui/task_page.py" line="317" />
             <source>Add a raster layer to the project to run this task.</source>
             <translation>Fügen Sie dem Projekt einen Rasterlayer hinzu, um diese Aufgabe auszuführen.</translation>
         </message>
         <message>
-            <location filename="../gui/task_page.py" line="316" />
+            <location filename="../gui/task_page.py" line="319" />
             <source>None of the {n} installed models fits this layer; tick 'Also list models that do not fit' to see why.</source>
             <translation>Keines der {n} installierten Modelle passt zu diesem Layer; aktivieren Sie „Auch Modelle anzeigen, die nicht passen“, um den Grund zu sehen.</translation>
         </message>
         <message>
-            <location filename="../gui/task_page.py" line="329" />
+            <location filename="../gui/task_page.py" line="332" />
             <source>fits the layer</source>
             <translation>passt zum Layer</translation>
         </message>
         <message>
-            <location filename="../gui/task_page.py" line="344" />
+            <location filename="../gui/task_page.py" line="347" />
             <source>choose the polygon layer whose selected features define the area</source>
             <translation>wählen Sie den Polygonlayer, dessen ausgewählte Objekte den Bereich festlegen</translation>
         </message>
         <message>
-            <location filename="../gui/task_page.py" line="353" />
+            <location filename="../gui/task_page.py" line="356" />
             <source>choose the input raster layer(s) first</source>
             <translation>wählen Sie zuerst den/die Eingaberasterlayer</translation>
         </message>
         <message>
-            <location filename="../gui/task_page.py" line="356" />
+            <location filename="../gui/task_page.py" line="359" />
             <source>choose a model first</source>
             <translation>wählen Sie zuerst ein Modell</translation>
         </message>
         <message>
-            <location filename="../gui/task_page.py" line="365" />
+            <location filename="../gui/task_page.py" line="368" />
             <source>classifying per polygon needs Area: Selected polygons; select the polygons to classify</source>
             <translation>die Klassifizierung je Polygon braucht Bereich: Ausgewählte Polygone; wählen Sie die zu klassifizierenden Polygone aus</translation>
         </message>
         <message>
-            <location filename="../gui/task_page.py" line="414" />
+            <location filename="../gui/task_page.py" line="417" />
             <source>RSFM: {task} on {layer}</source>
             <translation>RSFM: {task} für {layer}</translation>
         </message>
         <message>
-            <location filename="../gui/task_page.py" line="421" />
+            <location filename="../gui/task_page.py" line="425" />
             <source>Running… (you can keep working; see also the task manager)</source>
             <translation>Läuft… (Sie können weiterarbeiten; siehe auch die Aufgabenverwaltung)</translation>
         </message>
         <message>
-            <location filename="../gui/task_page.py" line="431" />
+            <location filename="../gui/task_page.py" line="435" />
             <source>Cancelling after the current tile…</source>
             <translation>Wird nach der aktuellen Kachel abgebrochen…</translation>
         </message>
         <message>
-            <location filename="../gui/task_page.py" line="450" />
+            <location filename="../gui/task_page.py" line="454" />
             <source>Done: 1 layer added to 'RSFM results'.</source>
             <translation>Fertig: 1 Layer zur Gruppe „RSFM results“ hinzugefügt.</translation>
         </message>
         <message>
-            <location filename="../gui/task_page.py" line="450" />
+            <location filename="../gui/task_page.py" line="454" />
             <source>Done: {n} layers added to 'RSFM results'.</source>
             <translation>Fertig: {n} Layer zur Gruppe „RSFM results“ hinzugefügt.</translation>
         </message>
         <message>
-            <location filename="../gui/task_page.py" line="459" />
+            <location filename="../gui/task_page.py" line="463" />
             <source>Cancelled; nothing was added.</source>
             <translation>Abgebrochen; es wurde nichts hinzugefügt.</translation>
         </message>
@@ -1251,12 +1251,12 @@
             <translation>Szenenklassifizierung</translation>
         </message>
         <message>
-            <location filename="../gui/task_page.py" line="87" />
+            <location filename="../gui/task_page.py" line="90" />
             <source>The before image '{before}' and the after image '{after}' do not overlap, so there is nothing to compare. Choose two images of the same place (they may use different CRSs).</source>
             <translation>Das Vorher-Bild „{before}“ und das Nachher-Bild „{after}“ überlappen sich nicht, es gibt also nichts zu vergleichen. Wählen Sie zwei Bilder desselben Ortes (sie dürfen unterschiedliche KBS haben).</translation>
         </message>
         <message>
-            <location filename="../gui/task_page.py" line="91" />
+            <location filename="../gui/task_page.py" line="94" />
             <source>The RSFM backend stopped while the job was running (it may have crashed or been closed), so the job was lost. Run again: the backend is restarted automatically. If this repeats, see Settings &gt; Self-test for the backend log.</source>
             <translation>Das RSFM-Backend wurde während des Auftrags beendet (es ist vielleicht abgestürzt oder wurde geschlossen), daher ging der Auftrag verloren. Führen Sie ihn erneut aus: Das Backend wird automatisch neu gestartet. Wenn das wiederholt passiert, finden Sie unter Einstellungen &gt; Selbsttest das Backend-Protokoll.</translation>
         </message>
