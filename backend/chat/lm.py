@@ -133,7 +133,8 @@ def chat_threads() -> int:
 
     Measured in docs/bench/chat.md (bf16 decode): with ``OMP_WAIT_POLICY=PASSIVE`` (which ``python -m backend``
     sets) idle OpenMP threads sleep instead of spinning, and 2 threads were faster than 1 under load average 9
-    (9.7 vs 5.6 tok/s), about equal under load 6 (7.5 vs 7.8) and faster idle (24 vs 17). With spinning threads
+    (9.7 vs 5.6 tok/s), about equal under load 6 (7.5 vs 7.8), slower under load 2.5 (10.4 vs 17.7: one other
+    busy process on a 2-core machine; set 1 there) and faster idle (24 vs 17). With spinning threads
     (the variable unset) 2 threads decoded at 0.7 tok/s under load vs 3.8 for 1 thread, so without PASSIVE in
     the environment the default stays 1.
     """
