@@ -130,6 +130,13 @@ def inside_qgis(iface) -> None:  # noqa: C901 - a linear script of GUI steps
         log.write(f"{time.strftime('%H:%M:%S')} {msg}\n")
         log.flush()
 
+    def prefer_trained(box) -> None:
+        """Select the first bundled (trained) model in a page's model box instead of a random-weight fixture."""
+        for i in range(box.count()):
+            if "fixture" not in (box.itemData(i) or ""):
+                box.setCurrentIndex(i)
+                return
+
     def grab(name: str, widget=None) -> None:
         iface.messageBar().clearWidgets()
         QApplication.processEvents()
@@ -152,11 +159,7 @@ def inside_qgis(iface) -> None:  # noqa: C901 - a linear script of GUI steps
         page = dock.pages["semantic_segmentation"]
         dock.task_combo.setCurrentIndex(dock.task_combo.findData("semantic_segmentation"))
         page.layer_box.setLayer(after)
-        # Prefer a trained (bundled) model over the random-weight fixture.
-        for i in range(page.model_box.count()):
-            if "fixture" not in (page.model_box.itemData(i) or ""):
-                page.model_box.setCurrentIndex(i)
-                break
+        prefer_trained(page.model_box)
         model = page.current_model()
         say(f"segmentation model: {model.id if model else None}")
         if model is not None and "fixture" in model.id:
@@ -193,6 +196,7 @@ def inside_qgis(iface) -> None:  # noqa: C901 - a linear script of GUI steps
             p.layer_box.setLayer(layer_a)
             if layer_b is not None and p.after_box is not None:
                 p.after_box.setLayer(layer_b)
+            prefer_trained(p.model_box)
             yield 0.8
             grab(f"dock_{tdef_task}")
         dock.tabs.setCurrentIndex(1)
