@@ -290,34 +290,28 @@ def rotated_nms(rboxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float
     i_idx, j_idx = _hull_overlap_pairs(hull, hull)
     later = j_idx > i_idx  # only a higher-scoring box can suppress a lower-scoring one
     i_idx, j_idx = i_idx[later], j_idx[later]
-    if i_idx.numel() <= _NMS_EAGER_PAIRS:
-        # few pairs: every IoU in one vectorised call, then the greedy pass
-        suppress = torch.zeros((n, n), dtype=torch.bool)
-        over = (rbox_iou_pairwise(boxes[i_idx], boxes[j_idx]) > iou_threshold).cpu()
-        suppress[i_idx[over].cpu(), j_idx[over].cpu()] = True
-        removed = torch.zeros(n, dtype=torch.bool)
-        keep = []
-        for i in range(n):
-            if removed[i]:
-                continue
-            keep.append(i)
-            removed |= suppress[i]
-        return order[torch.tensor(keep, dtype=torch.long, device=rboxes.device)]
-    # Many overlapping pairs (typically an untrained or low-threshold model: hundreds of boxes piled on each
-    # other): greedy NMS computes the IoU of each *kept* box with its still-alive later neighbours only. Boxes
-    # removed early never have their own pairs evaluated, which is most of the quadratic work; the kept set is
-    # the same as evaluating every pair (each pair's IoU is computed by the same element-wise formula).
     ii, jj = i_idx.cpu(), j_idx.cpu()
     perm = torch.argsort(ii, stable=True)  # the pairs grouped by their first box (CSR)
     ii, jj = ii[perm], jj[perm]
     starts = torch.searchsorted(ii, torch.arange(n + 1)).tolist()
+    # Few pairs: every IoU in one vectorised call. Many pairs (typically an untrained or low-threshold model:
+    # hundreds of boxes piled on each other): the IoU of each *kept* box with its still-alive later neighbours
+    # only, so boxes removed early never have their own pairs evaluated. Both give the same kept set (each
+    # pair's IoU comes from the same element-wise formula).
+    over = None
+    if ii.numel() <= _NMS_EAGER_PAIRS:
+        over = (rbox_iou_pairwise(boxes[ii.to(boxes.device)], boxes[jj.to(boxes.device)]) > iou_threshold).cpu()
     removed = torch.zeros(n, dtype=torch.bool)
     keep = []
     for i in range(n):
         if removed[i]:
             continue
         keep.append(i)
-        cand = jj[starts[i] : starts[i + 1]]
+        lo, hi = starts[i], starts[i + 1]
+        cand = jj[lo:hi]
+        if over is not None:
+            removed[cand[over[lo:hi]]] = True
+            continue
         cand = cand[~removed[cand]]
         if cand.numel():
             iou = rbox_iou_pairwise(boxes[i].expand(cand.numel(), -1), boxes[cand.to(boxes.device)])
