@@ -208,6 +208,9 @@ def verify(answer: str, sheet: FactSheet, *, question: str = "", mode: str = "re
                 reasons.append(f"the number {v:g} is not in the{where} facts")
         if require_citation and not cited_here:
             reasons.append("cites no fact")
+        # a citation with a bare number ("[F4] 1.") passes every check above but states nothing
+        if require_citation and len(re.findall(r"[^\W\d_]{2,}", re.sub(r"\[?\bF\d+\]?", " ", sent))) < 2:
+            reasons.append("states nothing besides a citation")
         wrong_counts = _count_claims(sent, sheet, vocab)
         # a number stated as the count of a class must be that class's count, not just any fact's number
         res.numbers_supported -= min(len(wrong_counts), res.numbers_supported)

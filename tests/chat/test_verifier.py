@@ -88,3 +88,11 @@ def test_require_citation(sheet):
     v = verify(f"There are 3 ships [{ship}]. They look lovely.", sheet, require_citation=True)
     assert v.text == f"There are 3 ships [{ship}]." and v.problems[0][1] == "cites no fact"
     assert verify("They look lovely.", sheet).ok  # off by default
+
+
+def test_a_bare_citation_is_not_an_answer(sheet):
+    ship = fid(sheet, "ship", "count")
+    v = verify(f"[{ship}] 3. There are 3 ships [{ship}].", sheet, require_citation=True)
+    assert v.text == f"There are 3 ships [{ship}]."
+    assert v.problems[0][1] == "states nothing besides a citation"
+    assert verify(f"[{ship}] 3.", sheet).ok  # only free-form answers (require_citation) must say something
