@@ -31,6 +31,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -81,7 +82,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--max-tokens", type=int, default=60)
-    ap.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"],
+    ap.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "int8"],
                     help="fp32 runs first: the GGUF is dequantised to fp32 and bf16 is a one-way cast")
     ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     ap.add_argument("--busy", type=int, default=0, help="busy-loop processes running during the LM part")
@@ -121,7 +122,7 @@ def main() -> int:
 
     import transformers
 
-    from backend.chat.lm import BuiltinBackend, cpu_has_native_bf16, smollm2_gguf_path
+    from backend.chat.lm import BuiltinBackend, _to_dtype, cpu_has_native_bf16, smollm2_gguf_path
 
     os.environ["RSFM_CHAT_DTYPE"] = "fp32"  # load in fp32; the loop below casts to bf16 when asked
     t = time.perf_counter()
@@ -144,8 +145,10 @@ def main() -> int:
     print(json.dumps({k: v for k, v in res["builtin"].items() if k not in ("configs", "greedy")}), flush=True)
     busy = start_busy(args.busy)
     try:
+        base = lm.model  # fp32/bf16 switch in place; int8 is a quantised copy (it cannot be converted back)
         for dtype in args.dtypes:
-            lm.model.to(torch.bfloat16 if dtype == "bf16" else torch.float32)
+            lm.model = _to_dtype(copy.deepcopy(base), "int8") if dtype == "int8" else base.to(
+                torch.bfloat16 if dtype == "bf16" else torch.float32)
             lm.dtype = dtype
             for nt in args.threads:
                 os.environ["RSFM_CHAT_THREADS"] = str(nt)

@@ -82,3 +82,22 @@ def test_bf16_weights_fixed_length_and_stats(tiny_dir, tmp_path, monkeypatch):
     lm32 = HFDirBackend(str(d32))
     assert next(lm32._lm.model.parameters()).dtype == torch.float32
     assert all(w in WORDS for w in lm32.generate(msgs, max_tokens=6).split())
+
+
+def test_int8_quantises_every_linear_layer(tiny_dir, tmp_path, monkeypatch):
+    """RSFM_CHAT_DTYPE=int8: every nn.Linear becomes a dynamically quantised int8 layer and generation works."""
+    import shutil
+
+    import torch
+
+    d = tmp_path / "tiny_int8"
+    shutil.copytree(tiny_dir, d)
+    monkeypatch.setenv("RSFM_CHAT_DTYPE", "int8")
+    monkeypatch.setenv("RSFM_CHAT_THREADS", "1")
+    lm = HFDirBackend(str(d))
+    mods = list(lm._lm.model.modules())
+    assert not any(type(m) is torch.nn.Linear for m in mods)
+    assert any(type(m).__name__ == "Linear" and "quantized" in type(m).__module__ for m in mods)
+    assert lm.describe()["dtype"] == "int8"
+    msgs = [{"role": "user", "content": "how many ships"}]
+    assert all(w in WORDS for w in lm.generate(msgs, max_tokens=6).split())
