@@ -106,3 +106,23 @@ def test_bad_arguments_are_explained(tmp_path):
     with pytest.raises(FileNotFoundError, match="--resume"):
         main(["finetune", "--task", "scene_classification", "--data", str(data), "--out", str(tmp_path / "r2"),
               *COMMON, "--max-steps", "1", "--resume"])
+
+
+def test_scene_split_fractions_are_recorded_and_reused_by_evaluate(tmp_path):
+    data = write_scenes(tmp_path / "scenes", per_class=10)
+    run = tmp_path / "run"
+    assert main(["finetune", "--task", "scene_classification", "--data", str(data), "--out", str(run), *COMMON,
+                 "--max-steps", "1", "--batch-size", "4", "--crop-size", "32",
+                 "--val-fraction", "0.1", "--test-fraction", "0.2"]) == 0
+    meta = json.loads((run / "run.json").read_text())["data"]
+    # per class: 7 train, 1 validation, 2 held back (the last file numbers), 3 classes
+    assert (meta["train_images"], meta["val_images"]) == (21, 3)
+    assert (meta["val_fraction"], meta["test_fraction"]) == (0.1, 0.2)
+    out = tmp_path / "test.json"
+    # no fractions given: evaluate reads them back from the checkpoint, so "test" is the same held-back part
+    assert main(["evaluate", str(run / "best.pt"), "--data", str(data), "--split", "test", "--out", str(out)]) == 0
+    per_class = json.loads(out.read_text())["per_class"]
+    assert sum(c["support"] for c in per_class.values()) == 6
+    assert main(["evaluate", str(run / "best.pt"), "--data", str(data), "--split", "test", "--test-fraction", "0.3",
+                 "--out", str(out)]) == 0
+    assert sum(c["support"] for c in json.loads(out.read_text())["per_class"].values()) == 9
