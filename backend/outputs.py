@@ -452,6 +452,7 @@ class VectorWriter:
             geom = shapely.MultiPolygon([geom])
         self._geoms.append(shapely.to_wkb(geom))
         self._rows.append(values)
+        self.count += 1  # features added so far (written or still buffered)
         if len(self._geoms) >= self.batch:
             self.flush()
 
@@ -473,7 +474,6 @@ class VectorWriter:
               # GeoPackage 1.2: QGIS builds with an older GDAL warn about 1.4 files (the newer GDAL's default)
               dataset_options=None if self._started else {"VERSION": "1.2"})
         self._started = True
-        self.count += len(self._geoms)
         self._geoms, self._rows = [], []
 
     def close(self) -> None:

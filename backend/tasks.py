@@ -685,7 +685,7 @@ def run_scene_classification(rc: RunContext) -> dict[str, Any]:
             cell = affine_transform(shapely.box(ti.core_cols[0], ti.core_rows[0], ti.core_cols[1], ti.core_rows[1]),
                                     aff)
             vw.add(cell, class_id=cid, class_name=cfg.classes[cid].name, score=score)
-    if int(counts.sum()) == 0:  # (not vw.count: that counts only the features flushed so far)
+    if vw.count == 0:
         rc.job.warn(NO_VALID_PIXELS)
     out = _finish_vector(rc, vw, gpkg_final, "scenes", f"{spec.entry.id} scenes")
     return {"outputs": [out], "stats": {"tiles": vw.count, "classes": [
