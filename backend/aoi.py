@@ -275,9 +275,8 @@ def run_polygon_classification(rc) -> dict[str, Any]:
     (:func:`backend.tasks._sparse_journal`), and a resumed job runs only the batches the journal lacks.
     """
     from backend.engine import _pad_to
-    from backend.errors import ModelPackageError
     from backend.outputs import VectorWriter
-    from backend.tasks import NO_VALID_PIXELS, _finish_vector, _softmax, _sparse_journal
+    from backend.tasks import NO_VALID_PIXELS, _finish_vector, _sparse_journal, scene_probabilities
 
     spec, cfg = rc.spec, rc.spec.config
     plan, params = spec.plan, spec.params
@@ -310,11 +309,7 @@ def run_polygon_classification(rc) -> dict[str, Any]:
             if xa is not None:
                 xas.append(_pad_to(xa, t))
         args = [np.stack(xs)] + ([np.stack(xas)] if xas else [])
-        logits = np.asarray(rc.model(*args), dtype=np.float32)
-        if logits.ndim != 2 or logits.shape != (len(batch), k):
-            raise ModelPackageError(f"scene model returned shape {logits.shape}; expected B x K = "
-                                    f"{len(batch)} x {k}")
-        bj.add(bi, {"prob": _softmax(logits.astype(np.float64)), "weight": np.asarray(ws, np.float64)})
+        bj.add(bi, {"prob": scene_probabilities(rc, args, len(batch)), "weight": np.asarray(ws, np.float64)})
         done += len(batch)
         rc.progress(done, total)
     bj.flush()

@@ -476,11 +476,8 @@ def _run_class_raster(rc: RunContext, keep: list[int] | None, raster_name: str, 
     index_of = {(int(b.core.row_off), int(b.core.col_off)): i for i, b in enumerate(blocks)}
     # everything the class map depends on: a journal written under other conditions is discarded (the
     # rasters by path, size and mtime, as for sparse tasks: a raster rewritten in place starts afresh)
-    fingerprint = {"model": f"{spec.entry.id}@{spec.entry.revision}", "runtime": spec.runtime,
-                   "precision": spec.precision, **_input_identity(spec),
-                   "window": [int(win.col_off), int(win.row_off), int(win.width), int(win.height)],
-                   "bands": spec.plan.bands, "params": [spec.params.tile_size_px, spec.params.tile_overlap_px,
-                                                        spec.params.batch_size, spec.params.block_size_px]}
+    fingerprint = {**_run_identity(spec), "params": [spec.params.tile_size_px, spec.params.tile_overlap_px,
+                                                      spec.params.batch_size, spec.params.block_size_px]}
     if spec.plan.aoi is not None:
         fingerprint["aoi"] = spec.plan.aoi.digest
     journal = rc.out.journal("", fingerprint)
@@ -586,10 +583,15 @@ def _file_identity(path: str | None) -> list[Any] | None:
     return [path, st.st_size, st.st_mtime_ns]
 
 
-def _input_identity(spec: JobSpec) -> dict[str, Any]:
-    """The input rasters' identities (:func:`_file_identity`) for a journal fingerprint (dense and sparse)."""
-    return {"raster": _file_identity(spec.plan.path),
-            "after": _file_identity(spec.after_plan.path if spec.after_plan else None)}
+def _run_identity(spec: JobSpec) -> dict[str, Any]:
+    """What every journal fingerprint (dense and sparse) holds: model revision, runtime, precision, the input
+    rasters' identities (:func:`_file_identity`), processing window and bands."""
+    win = spec.plan.window
+    return {"model": f"{spec.entry.id}@{spec.entry.revision}", "runtime": spec.runtime,
+            "precision": spec.precision, "raster": _file_identity(spec.plan.path),
+            "after": _file_identity(spec.after_plan.path if spec.after_plan else None),
+            "window": [int(win.col_off), int(win.row_off), int(win.width), int(win.height)],
+            "bands": spec.plan.bands}
 
 
 def _sparse_journal(rc: RunContext, record_format: str, batches: list[list[Any]] | None = None
@@ -608,11 +610,8 @@ def _sparse_journal(rc: RunContext, record_format: str, batches: list[list[Any]]
     """
     spec = rc.spec
     win = spec.plan.window
-    fingerprint = {"format": record_format, "task": spec.task, "model": f"{spec.entry.id}@{spec.entry.revision}",
-                   "runtime": spec.runtime, "precision": spec.precision, **_input_identity(spec),
-                   "window": [int(win.col_off), int(win.row_off), int(win.width), int(win.height)],
-                   "bands": spec.plan.bands, "params": [spec.params.tile_size_px, spec.params.tile_overlap_px,
-                                                        spec.params.batch_size],
+    fingerprint = {"format": record_format, "task": spec.task, **_run_identity(spec),
+                   "params": [spec.params.tile_size_px, spec.params.tile_overlap_px, spec.params.batch_size],
                    "options": {k: v for k, v in spec.options.items() if k != "output_name"}}
     if getattr(spec.plan, "aoi", None) is not None:
         fingerprint["options"]["aoi"] = spec.plan.aoi.digest  # the polygons can be large: their hash
@@ -641,6 +640,15 @@ def _iter_new_batches(rc: RunContext, bj: BatchJournal, batches: list[list[Any]]
     bj.flush()
 
 
+def scene_probabilities(rc: RunContext, args: list[np.ndarray], n: int) -> np.ndarray:
+    """``(n, K)`` float64 class probabilities of one batch of ``n`` tiles through the scene model."""
+    logits = np.asarray(rc.model(*args), dtype=np.float32)
+    k = len(rc.spec.config.classes)
+    if logits.ndim != 2 or logits.shape != (n, k):
+        raise ModelPackageError(f"scene model returned shape {logits.shape}; expected B x K = {n} x {k}")
+    return _softmax(logits.astype(np.float64))
+
+
 @register_task("scene_classification")
 def run_scene_classification(rc: RunContext) -> dict[str, Any]:
     """One label per tile: the tile's owned cell (tiles split overlaps in the middle) becomes a polygon."""
@@ -661,11 +669,7 @@ def run_scene_classification(rc: RunContext) -> dict[str, Any]:
     # per batch: the labelled tiles' positions in the batch, class and score (journalled, for resume)
     bj, batches = _sparse_journal(rc, "scenes-v1")
     for bi, tiles, args, valid in _iter_new_batches(rc, bj, batches):
-        logits = np.asarray(rc.model(*args), dtype=np.float32)
-        if logits.ndim != 2 or logits.shape != (len(tiles), len(cfg.classes)):
-            raise ModelPackageError(f"scene model returned shape {logits.shape}; expected B x K = "
-                                    f"{len(tiles)} x {len(cfg.classes)}")
-        probs = _softmax(logits)
+        probs = scene_probabilities(rc, args, len(tiles))
         pos, cids, scs = [], [], []
         for k, (ti, p, v) in enumerate(zip(tiles, probs, valid, strict=True)):
             r0, r1 = ti.core_rows
