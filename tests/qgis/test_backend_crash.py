@@ -17,23 +17,7 @@ import pytest
 
 pytest.importorskip("qgis.core")
 
-from conftest import backend_python, wait_for  # noqa: E402
-
-
-def _big_raster(path: str, size: int = 1024) -> str:
-    """``size`` x ``size`` RGB noise (1024: ~400 tiles of the fixture model, still running when killed)."""
-    import numpy as np
-    from osgeo import gdal, osr
-
-    ds = gdal.GetDriverByName("GTiff").Create(path, size, size, 3, gdal.GDT_Byte)
-    ds.SetGeoTransform((500000.0, 1.0, 0.0, 2800000.0, 0.0, -1.0))
-    srs = osr.SpatialReference()
-    srs.ImportFromEPSG(32640)
-    ds.SetProjection(srs.ExportToWkt())
-    for b in range(3):
-        ds.GetRasterBand(b + 1).WriteArray(np.random.default_rng(b).integers(0, 255, (size, size), dtype=np.uint8))
-    ds = None
-    return path
+from conftest import backend_python, wait_for, write_noise_raster  # noqa: E402
 
 
 def _setup(iface, fixtures_index, tmp_path, extra_env: dict[str, str]):
@@ -73,7 +57,7 @@ def test_backend_killed_once_is_restarted_and_the_job_resumes_to_the_clean_resul
     try:
         page.set_models(lau.ensure_running(config).models())
         first_pid = lau.state.pid
-        big = QgsRasterLayer(_big_raster(str(tmp_path / "big.tif"), 512), "big")
+        big = QgsRasterLayer(write_noise_raster(str(tmp_path / "big.tif"), 512), "big")
         project.addMapLayer(big)
         page.layer_box.setLayer(big)
         task = page.run_job()
@@ -116,7 +100,7 @@ def test_backend_killed_twice_fails_the_task_in_plain_words_and_is_restarted_on_
     try:
         page.set_models(lau.ensure_running(config).models())
         first_pid = lau.state.pid
-        big = QgsRasterLayer(_big_raster(str(tmp_path / "big.tif")), "big")
+        big = QgsRasterLayer(write_noise_raster(str(tmp_path / "big.tif")), "big")
         project.addMapLayer(big)
         page.layer_box.setLayer(big)
         task = page.run_job()
@@ -163,7 +147,7 @@ def test_cancel_while_the_task_restarts_the_backend_cancels_the_job(
     try:
         page.set_models(lau.ensure_running(config).models())
         first_pid = lau.state.pid
-        big = QgsRasterLayer(_big_raster(str(tmp_path / "big.tif")), "big")
+        big = QgsRasterLayer(write_noise_raster(str(tmp_path / "big.tif")), "big")
         project.addMapLayer(big)
         page.layer_box.setLayer(big)
         task = page.run_job()
