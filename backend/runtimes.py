@@ -170,15 +170,26 @@ ONNX_TASKS = BF16_TASKS  # tasks whose model returns one tensor (what the onnx r
 AUTO_PREFERS_TORCH_BF16 = False
 
 
-def _cpuinfo_flags() -> set[str] | None:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith("flags"):
+# CPU flags that mean "bf16 matrix multiplies run natively" (oneDNN uses AMX tiles or AVX512-BF16 dot products)
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set[str] | None:
+    """The feature flags of the first ``flags`` (x86) or ``Features`` (arm64) line of ``/proc/cpuinfo``;
+    ``None`` when it cannot be read (macOS, Windows). ``cpuinfo`` overrides the file's text (for tests)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            return None
+    for line in cpuinfo.splitlines():
+        if line.startswith(("flags", "Features")):
             return set(line.split(":", 1)[1].split())
     return None
+
+
+def _cpuinfo_flags() -> set[str] | None:
+    return cpu_flags()
 
 
 @functools.lru_cache(maxsize=1)
@@ -190,7 +201,7 @@ def cpu_bf16_support() -> str | None:
     """
     flags = _cpuinfo_flags()
     if flags is not None:
-        for f in ("amx_bf16", "avx512_bf16"):
+        for f in BF16_FLAGS:
             if f in flags:
                 return f
         return None

@@ -76,23 +76,11 @@ def _cut_at_stop(text: str, stop: list[str] | None) -> tuple[str, bool]:
 
 
 DTYPES = ("auto", "fp32", "bf16", "int8")
-# CPU flags that mean "bf16 matrix multiplies run natively" (oneDNN uses AMX tiles or AVX512-BF16 dot
-# products); without them bf16 is converted through fp32 and typically slower than plain fp32.
-_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
-
-
 def cpu_flags(cpuinfo: str | None = None) -> set[str]:
-    """The CPU feature flags of the first ``flags`` line of ``/proc/cpuinfo`` (empty set when unreadable,
-    e.g. on macOS or Windows). ``cpuinfo`` overrides the file's text (for tests)."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
-        except OSError:
-            return set()
-    for line in cpuinfo.splitlines():
-        if line.startswith(("flags", "Features")):  # x86 "flags", arm64 "Features"
-            return set(line.split(":", 1)[1].split())
-    return set()
+    """:func:`backend.runtimes.cpu_flags`, with an empty set when ``/proc/cpuinfo`` is unreadable."""
+    from backend.runtimes import cpu_flags as read_flags
+
+    return read_flags(cpuinfo) or set()
 
 
 def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
@@ -102,7 +90,9 @@ def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
     On this project's Sapphire Rapids VM bf16 prefill of 850 tokens took 0.41 s vs 1.26 s in fp32 (2 threads).
     Other CPUs (older x86, Apple, arm64 without the flag) stay in fp32, where emulated bf16 is slower.
     """
-    if not set(_BF16_FLAGS) & cpu_flags(cpuinfo):
+    from backend.runtimes import BF16_FLAGS
+
+    if not set(BF16_FLAGS) & cpu_flags(cpuinfo):
         return False
     try:
         import torch
