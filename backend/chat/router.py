@@ -395,7 +395,13 @@ def answer_question(question: str, sheet: FactSheet, *, backend: ChatBackend | N
     v = verify(raw, sheet, question=question, require_citation=used == "free")
     # phrase mode must keep the template's facts: a rewording that lost a citation is not accepted
     lost = used == "phrase" and not set(tmpl_check.cited) <= set(v.cited)
-    if not v.text.strip() or lost:
+    # a template with no citation is a refusal ("I cannot tell about trains", "I have no count for ..."): the
+    # facts cannot answer the question, so a free answer that cites some other fact is beside the point
+    # (measured: "No wind turbines were detected [F3]", F3 being the ground-track-field count)
+    beside = used == "free" and not rewordable and bool(v.text.strip())
+    if beside:
+        v.problems.append((v.text, "the facts cannot answer this question; the refusal stands"))
+    if not v.text.strip() or lost or beside:
         fallback = verify(tmpl, sheet, question=question)
         fallback.problems = v.problems + fallback.problems
         fallback.ok = False

@@ -140,3 +140,19 @@ def test_refusals_are_never_reworded(sheet):
     lm = EchoLM("I'm here to help you with your math homework.")
     a = answer_question("How many trains are there?", sheet, backend=lm, mode="phrase")
     assert a.mode == "template" and a.text.startswith("I cannot tell") and lm.messages is None
+
+
+def test_free_answers_cannot_override_a_refusal(sheet):
+    """A question the facts cannot answer keeps its refusal in free mode, even when the LM's sentence cites a
+    fact and every number in it is in that fact (the D5 evaluation found "There are 1 trains [F3]")."""
+    ship = sheet.for_class("ship", "count")[0].id
+    lm = EchoLM(f"No trains were detected [{ship}].")
+    a = answer_question("How many trains are there?", sheet, backend=lm, mode="free")
+    assert a.mode == "fallback" and a.text.startswith("I cannot tell about trains")
+    assert a.raw_lm_text == f"No trains were detected [{ship}]."  # the LM ran; its answer was set aside
+    assert any(p["reason"] == "the facts cannot answer this question; the refusal stands"
+               for p in a.verification["problems"])
+    # an answerable question in free mode still takes the verified LM answer
+    ok = answer_question("How many ships are there?", sheet, backend=EchoLM(f"I count 3 ships [{ship}]."),
+                         mode="free")
+    assert ok.mode == "free" and ok.text == f"I count 3 ships [{ship}]."

@@ -1,0 +1,417 @@
+"""``rsfm-train chat-projector``: train the visual soft-token projector of the chat head (CHAT_DESIGN §6.2
+items 4-5, stage A; issue #7).
+
+The image encoder (the backbone of a model package) and the LM (SmolLM2-135M-Instruct) stay frozen; only
+:class:`backend.chat.visual.VisualProjector` learns. Its pooled encoder inputs are computed once per image and
+cached (``--cache-dir``).
+
+Instructions are rendered from COCO labels of NWPU VHR-10 (MMRS-style: one question, one short answer):
+
+* ``facts`` group: the chat head's own prompt (``router.SYSTEM_FREE`` with the compact ground-truth fact
+  sheet), a question (count, presence, out-of-vocabulary count, describe) and a short answer that copies the
+  numbers and cites the fact IDs (``There are 2 airplanes [F3].``). This is the context the soft tokens meet at
+  inference.
+* ``caption`` group: no facts, only the image; captions and counts rendered from the labels
+  (``3 airplanes and 1 ground track field.``). Here the image is the only source of the answer, so this group
+  is what forces the projector to carry visual content.
+
+Steps alternate between the groups. Every step takes one image and up to ``--batch`` of its questions: the
+prompt part before the soft tokens (system prompt + facts) does not depend on the projector, so it is run once
+without gradients and its KV cache is shared by the batch; only the soft tokens, the question and the answer
+are back-propagated (about 60-90 tokens instead of 300-500).
+
+Held-out loss is logged on images ``--val`` (default 441-460), with the true image's tokens and with another
+image's tokens (``shuffled``): when both are equal the projector learnt a fixed soft prompt, not the image.
+Images from ``--eval-first`` (461) on are the chat evaluation's and are refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+DATA = Path("/work/shared/data/nwpu_vhr10")
+OUT_OF_VOCAB_TRAIN = ["golf course", "solar panel", "greenhouse", "lighthouse", "oil rig", "cemetery"]
+COUNT_Q = ["How many {pl} are there?", "How many {pl} can you see?", "Count the {pl} in this image."]
+PRESENCE_Q = ["Is there a {c} in this image?", "Are there any {pl}?"]
+DESCRIBE_Q = ["Describe this image.", "What is in this image?", "Give a short description of the scene."]
+
+
+def plural(name: str, n: int = 2) -> str:
+    c = name.replace("_", " ")
+    if n == 1:
+        return c
+    return c + ("es" if c.endswith(("s", "ch", "sh", "x")) else "s")
+
+
+def caption(counts: dict[str, int]) -> str:
+    """``{"airplane": 3, "ground_track_field": 1}`` → ``3 airplanes and 1 ground track field``."""
+    parts = [f"{n} {plural(c, n)}" for c, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+    if not parts:
+        return "no objects of the known classes"
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+@dataclass
+class Sample:
+    """One instruction: ``messages`` (system/user) and the answer ``target``; ``group`` is facts or caption."""
+
+    image: str
+    group: str
+    messages: list[dict[str, str]]
+    target: str
+
+
+def render_instructions(image: str, counts: dict[str, int], classes: list[str], sheet: Any | None,
+                        rng: random.Random) -> list[Sample]:
+    """Instructions of one image from its per-class label counts (see the module doc).
+
+    Args:
+        image: image key (file stem).
+        counts: label counts per class (classes with 0 omitted).
+        classes: every class name of the label set.
+        sheet: the ground-truth ``FactSheet`` (for the ``facts`` group and its fact IDs); None: captions only.
+        rng: question sampler.
+    """
+    present = sorted(counts)
+    absent = [c for c in classes if c not in counts]
+    asked = present + rng.sample(absent, min(2, len(absent)))
+    out: list[Sample] = []
+    # caption group: the image alone
+    cap = caption(counts)
+    out.append(Sample(image, "caption", [{"role": "user", "content": rng.choice(DESCRIBE_Q)}],
+                      f"The image shows {cap}."))
+    for c in asked:
+        n = counts.get(c, 0)
+        q = rng.choice(COUNT_Q).format(pl=plural(c))
+        ans = f"There {'is' if n == 1 else 'are'} {n} {plural(c, n)}." if n else f"There are no {plural(c)}."
+        out.append(Sample(image, "caption", [{"role": "user", "content": q}], ans))
+    for c in ([rng.choice(present)] if present else []) + ([rng.choice(absent)] if absent else []):
+        q = rng.choice(PRESENCE_Q).format(c=c.replace("_", " "), pl=plural(c))
+        out.append(Sample(image, "caption", [{"role": "user", "content": q}], "Yes." if counts.get(c) else "No."))
+    if sheet is None:
+        return out
+    from backend.chat.facts import norm_class
+    from backend.chat.router import SYSTEM_FREE
+
+    system = {"role": "system", "content": SYSTEM_FREE.format(facts=sheet.to_prompt_text())}
+
+    def fid(c: str, kind: str) -> str:
+        key = norm_class(c)
+        for f in sheet.by_kind(kind):
+            if (f.classes == [key]) if kind == "count" else (key in f.classes):
+                return f" [{f.id}]"
+        return ""
+
+    def facts(q: str, a: str) -> None:
+        out.append(Sample(image, "facts", [system, {"role": "user", "content": q}], a))
+
+    for c in asked:
+        n = counts.get(c, 0)
+        q = rng.choice(COUNT_Q).format(pl=plural(c))
+        if n:
+            facts(q, f"There {'is' if n == 1 else 'are'} {n} {plural(c, n)}{fid(c, 'count')}.")
+        else:
+            facts(q, f"No {plural(c)} were detected{fid(c, 'absent')}.")
+    for c in ([rng.choice(present)] if present else []) + ([rng.choice(absent)] if absent else []):
+        q = rng.choice(PRESENCE_Q).format(c=c.replace("_", " "), pl=plural(c))
+        n = counts.get(c, 0)
+        facts(q, f"Yes, there {'is' if n == 1 else 'are'} {n} {plural(c, n)}{fid(c, 'count')}." if n else
+              f"No, no {c.replace('_', ' ')} was detected{fid(c, 'absent')}.")
+    x = rng.choice(OUT_OF_VOCAB_TRAIN)
+    facts(rng.choice(COUNT_Q).format(pl=plural(x)),
+          f"I cannot tell: {plural(x)} are not among the classes in the facts.")
+    parts = [f"{n} {plural(c, n)}{fid(c, 'count')}" for c, n in sorted(counts.items(), key=lambda kv: -kv[1])]
+    desc = ("The image shows " + (parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1])
+            + ".") if parts else "No objects of the known classes were detected" + (
+        fid(absent[0], "absent") if absent else "") + "."
+    facts(rng.choice(DESCRIBE_Q), desc)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ tensors
+
+
+@dataclass
+class Encoded:
+    """A sample as token ids: ``prefix`` (before the soft tokens, shared by the group), ``suffix`` (after them,
+    question + answer + end of turn) and ``n_prompt`` (suffix tokens before the answer: not in the loss)."""
+
+    image: str
+    group: str
+    prefix: tuple[int, ...]
+    suffix: list[int]
+    n_prompt: int
+
+
+def encode(lm: Any, s: Sample) -> Encoded:
+    """Token ids of ``s`` exactly as :class:`backend.chat.visual.SoftTokenBackend` lays out the prompt."""
+    from backend.chat.visual import user_turn_start
+
+    tok = lm.tokenizer
+    ids = lm.prompt_ids(s.messages)
+    pos = user_turn_start(tok, s.messages, ids)
+    row = ids[0].tolist()
+    end = tok.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tok.get_vocab() else tok.eos_token_id
+    ans = tok(s.target, add_special_tokens=False)["input_ids"] + [end]
+    return Encoded(s.image, s.group, tuple(row[:pos]), row[pos:] + ans, len(row) - pos)
+
+
+def batch_loss(lm: Any, projector: torch.nn.Module, feats: torch.Tensor, batch: list[Encoded]) -> torch.Tensor:
+    """Mean answer-token cross-entropy of ``batch`` (same image, same prefix) with ``feats`` (``N x D``)."""
+    import torch.nn.functional as F
+
+    model = lm.model
+    emb = model.get_input_embeddings()
+    prefix = torch.tensor([batch[0].prefix])
+    b = len(batch)
+    past = None
+    if prefix.shape[1]:
+        with torch.no_grad():
+            past = model(input_ids=prefix, use_cache=True).past_key_values
+        if b > 1:
+            past.batch_repeat_interleave(b)
+    width = max(len(e.suffix) for e in batch)
+    pad = batch[0].suffix[-1]
+    ids = torch.tensor([e.suffix + [pad] * (width - len(e.suffix)) for e in batch])
+    labels = torch.full((b, width), -100)
+    for i, e in enumerate(batch):  # right padding: causal attention never lets a real token see the padding
+        labels[i, e.n_prompt:len(e.suffix)] = torch.tensor(e.suffix[e.n_prompt:])
+    soft = projector(feats[None].expand(b, -1, -1))
+    n = soft.shape[1]
+    with torch.no_grad():
+        text = emb(ids)
+    x = torch.cat([soft.to(text.dtype), text], dim=1)
+    logits = model(inputs_embeds=x, past_key_values=past, use_cache=past is not None).logits
+    # position t predicts token t+1; the soft tokens themselves are never targets
+    pred = logits[:, n:-1].float()
+    return F.cross_entropy(pred.reshape(-1, pred.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)
+
+
+def group_batches(encoded: list[Encoded]) -> dict[tuple[str, str, tuple[int, ...]], list[Encoded]]:
+    """Samples keyed by (image, group, prefix): one key's samples can share a prefix KV cache."""
+    out: dict[tuple[str, str, tuple[int, ...]], list[Encoded]] = {}
+    for e in encoded:
+        out.setdefault((e.image, e.group, e.prefix), []).append(e)
+    return out
+
+
+def evaluate(lm: Any, projector: torch.nn.Module, feats: dict[str, torch.Tensor],
+             groups: dict[tuple, list[Encoded]], shuffle: bool = False) -> dict[str, float]:
+    """Mean held-out loss per group; ``shuffle``: each image gets the next image's tokens (control)."""
+    images = sorted({k[0] for k in groups})
+    other = {im: images[(i + 1) % len(images)] for i, im in enumerate(images)}
+    sums: dict[str, list[float]] = {}
+    with torch.no_grad():
+        for (im, grp, _), batch in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+            f = feats[other[im] if shuffle else im]
+            sums.setdefault(grp, []).append(float(batch_loss(lm, projector, f, batch)))
+    out = {g: sum(v) / len(v) for g, v in sums.items()}
+    out["all"] = sum(sum(v) for v in sums.values()) / sum(len(v) for v in sums.values())
+    return out
+
+
+def train_projector(lm: Any, projector: torch.nn.Module, feats: dict[str, torch.Tensor], train: list[Encoded],
+                    val: list[Encoded] | None = None, *, steps: int = 300, batch: int = 4, lr: float = 5e-4,
+                    weight_decay: float = 0.01, warmup: int = 20, seed: int = 0, max_minutes: float | None = None,
+                    eval_every: int = 100, log: Any = None) -> dict[str, Any]:
+    """AdamW on the projector only (LM frozen); cosine schedule after a linear warm-up; gradient clip 1.0.
+
+    Returns the history: ``train`` (step, group, loss, seconds), ``val`` / ``val_shuffled`` per evaluation,
+    ``steps_done``, ``wall_s``.
+    """
+    for p in lm.model.parameters():
+        p.requires_grad_(False)
+    rng = random.Random(seed)  # noqa: S311  # nosec B311 (sampling, not crypto)
+    torch.manual_seed(seed)
+    groups = group_batches(train)
+    by_group: dict[str, list[tuple]] = {}
+    for k in groups:
+        by_group.setdefault(k[1], []).append(k)
+    names = sorted(by_group)
+    val_groups = group_batches(val) if val else None
+    params = [p for p in projector.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) /
+                                                                               max(1, steps - warmup))))
+    hist: dict[str, Any] = {"train": [], "val": [], "val_shuffled": []}
+
+    def say(msg: str) -> None:
+        if log is not None:
+            print(msg, file=log, flush=True)
+
+    def run_val(step: int) -> None:
+        if not val_groups:
+            return
+        projector.eval()
+        v = evaluate(lm, projector, feats, val_groups)
+        vs = evaluate(lm, projector, feats, val_groups, shuffle=True)
+        projector.train()
+        hist["val"].append({"step": step, **v})
+        hist["val_shuffled"].append({"step": step, **vs})
+        say(f"val step {step}: {json.dumps(v)} shuffled-image {json.dumps(vs)}")
+
+    t0 = time.perf_counter()
+    run_val(0)
+    projector.train()
+    done = 0
+    for step in range(steps):
+        if max_minutes is not None and time.perf_counter() - t0 > 60 * max_minutes:
+            say(f"time budget of {max_minutes} min reached after {step} steps")
+            break
+        grp = names[step % len(names)]
+        key = rng.choice(by_group[grp])
+        pool = groups[key]
+        chosen = rng.sample(pool, min(batch, len(pool)))
+        loss = batch_loss(lm, projector, feats[key[0]], chosen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        done = step + 1
+        hist["train"].append({"step": done, "group": grp, "loss": float(loss), "s": time.perf_counter() - t0})
+        if done % 10 == 0:
+            recent = hist["train"][-20:]
+            say(f"step {done}/{steps} loss(last 20) {sum(r['loss'] for r in recent) / len(recent):.4f} "
+                f"lr {sched.get_last_lr()[0]:.2e} {time.perf_counter() - t0:.0f}s")
+        if eval_every and done % eval_every == 0 and done < steps:
+            run_val(done)
+    run_val(done)
+    projector.eval()
+    hist["steps_done"] = done
+    hist["wall_s"] = time.perf_counter() - t0
+    return hist
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Register ``chat-projector``'s options on ``p``."""
+    p.add_argument("--data", default=str(DATA), help="NWPU VHR-10 folder (annotations.json, images/)")
+    p.add_argument("--out", required=True, help="projector directory to write")
+    p.add_argument("--encoder", default="rsfm-detection-nwpu-efflite0",
+                   help="model package whose backbone gives the features (name under resources/models or path)")
+    p.add_argument("--train", type=int, nargs=2, default=[1, 440], metavar=("FIRST", "LAST"),
+                   help="training image numbers (NNN.jpg)")
+    p.add_argument("--val", type=int, nargs=2, default=[441, 460], metavar=("FIRST", "LAST"),
+                   help="held-out image numbers for the logged validation loss")
+    p.add_argument("--eval-first", type=int, default=461,
+                   help="images from this number on belong to the chat evaluation and are refused")
+    p.add_argument("--grid", type=int, default=4)
+    p.add_argument("--mlp-dim", type=int, default=1024)
+    p.add_argument("--max-side", type=int, default=1024)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch", type=int, default=4, help="questions per step (all of one image)")
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-minutes", type=float, default=None, help="stop training after this wall time")
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--cache-dir", default="/tmp/chat_soft",  # noqa: S108  # nosec B108 (a cache, not a secret)
+                   help="where pooled encoder features are cached")
+
+
+def _features(args: argparse.Namespace, files: dict[str, Path]) -> dict[str, torch.Tensor]:
+    """Pooled encoder features per image key, computed once and cached as safetensors."""
+    from safetensors.torch import load_file, save_file
+
+    from backend.chat.visual import FeatureExtractor
+
+    cache = Path(args.cache_dir) / f"features_{Path(args.encoder).name}_g{args.grid}_m{args.max_side}.safetensors"
+    feats: dict[str, torch.Tensor] = load_file(str(cache)) if cache.is_file() else {}
+    todo = [k for k in files if k not in feats]
+    if todo:
+        ext = FeatureExtractor.from_package(args.encoder, args.grid, args.max_side)
+        t0 = time.perf_counter()
+        for i, k in enumerate(todo):
+            feats[k] = ext(files[k]).contiguous()
+            if (i + 1) % 50 == 0:
+                print(f"features {i + 1}/{len(todo)} {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        save_file(feats, str(cache))
+    return {k: feats[k] for k in files}
+
+
+def run(args: argparse.Namespace) -> int:
+    from backend.chat.facts import build_fact_sheet, read_coco_objects
+    from backend.chat.lm import BuiltinBackend
+    from backend.chat.visual import ProjectorConfig, VisualProjector, save_projector
+
+    for name, (a, b) in (("--train", args.train), ("--val", args.val)):
+        if b >= args.eval_first:
+            raise SystemExit(f"{name} {a}-{b} reaches image {args.eval_first}+, which the chat evaluation uses; "
+                             f"keep training and validation images below {args.eval_first}")
+    data = Path(args.data)
+    ann = json.loads((data / "annotations.json").read_text())
+    classes = [c["name"] for c in ann["categories"]]
+    cats = {c["id"]: c["name"] for c in ann["categories"]}
+    by_name = {im["file_name"]: im["id"] for im in ann["images"]}
+    split = {"train": range(args.train[0], args.train[1] + 1), "val": range(args.val[0], args.val[1] + 1)}
+    files = {f"{n:03d}": data / "images" / f"{n:03d}.jpg" for r in split.values() for n in r
+             if f"{n:03d}.jpg" in by_name}
+    t0 = time.perf_counter()
+    feats = _features(args, files)
+    feat_s = time.perf_counter() - t0
+    print(f"features of {len(feats)} images ready in {feat_s:.0f}s", file=sys.stderr, flush=True)
+    lm = BuiltinBackend.load()
+    if not hasattr(lm, "model"):
+        raise SystemExit("training the projector needs the torch engine of the built-in LM: set RSFM_CHAT_ENGINE=torch")
+    rng = random.Random(args.seed)  # noqa: S311  # nosec B311 (sampling, not crypto)
+    enc: dict[str, list[Encoded]] = {"train": [], "val": []}
+    for part, r in split.items():
+        for n in r:
+            key = f"{n:03d}"
+            if key not in files:
+                continue
+            iid = by_name[f"{key}.jpg"]
+            counts: dict[str, int] = {}
+            for a in ann["annotations"]:
+                if a["image_id"] == iid:
+                    counts[cats[a["category_id"]]] = counts.get(cats[a["category_id"]], 0) + 1
+            sheet = build_fact_sheet(str(files[key]), objects=read_coco_objects(ann, iid), object_classes=classes,
+                                     score_threshold=0.0)
+            enc[part] += [encode(lm, s) for s in render_instructions(key, counts, classes, sheet, rng)]
+    print(f"instructions: {len(enc['train'])} train, {len(enc['val'])} val", file=sys.stderr, flush=True)
+    hidden = int(lm.model.get_input_embeddings().weight.shape[1])
+    in_ch = _scale_channels(args.encoder)
+    cfg = ProjectorConfig(in_channels=in_ch, hidden_size=hidden, grid=args.grid, mlp_dim=args.mlp_dim,
+                          encoder=args.encoder, max_side=args.max_side)
+    projector = VisualProjector(cfg)
+    emb_std = float(lm.model.get_input_embeddings().weight.float().std())
+    projector.match_scale(emb_std)
+    hist = train_projector(lm, projector, feats, enc["train"], enc["val"], steps=args.steps, batch=args.batch,
+                           lr=args.lr, seed=args.seed, max_minutes=args.max_minutes, eval_every=args.eval_every,
+                           log=sys.stderr)
+    cfg.training = {"data": str(data), "train_images": list(args.train), "val_images": list(args.val),
+                    "instructions": {"train": len(enc["train"]), "val": len(enc["val"])}, "seed": args.seed,
+                    "steps": hist["steps_done"], "batch": args.batch, "lr": args.lr, "lm_dtype": lm.dtype,
+                    "feature_s": round(feat_s, 1), "train_s": round(hist["wall_s"], 1),
+                    "val": hist["val"], "val_shuffled": hist["val_shuffled"],
+                    "command": " ".join(sys.argv)}
+    out = save_projector(args.out, projector)
+    (out / "train_log.json").write_text(json.dumps(hist, indent=1) + "\n")
+    print(f"projector written to {out}", file=sys.stderr)
+    return 0
+
+
+def _scale_channels(encoder: str) -> list[int]:
+    from backend.chat.visual import FeatureExtractor
+
+    return [int(c) for c in FeatureExtractor.from_package(encoder, 1).encoder.out_channels]
+
+
+if __name__ == "__main__":
+    from training.cli import main
+
+    raise SystemExit(main(["chat-projector", *sys.argv[1:]]))
