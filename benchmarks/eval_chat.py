@@ -39,7 +39,9 @@ The first spec keeps the historical row names; the others' rows end in ``[label]
 the first by exact McNemar tests on the same items. ``--lm-systems`` picks which of prior / phrase / free run.
 
 LM answers are cached in ``--lm-cache`` (JSON lines, one per item, system and LM label, with the seconds the call
-took) as they are produced, so a run that is stopped can be resumed and several LMs share one cache.
+took) as they are produced, so a run that is stopped can be resumed and several LMs share one cache. Scoring
+replays each cached raw LM text through the current router and verifier (:func:`reverify`), so a rule change
+re-scores old answers without calling any LM again.
 
 Usage::
 
@@ -758,15 +760,20 @@ def run_lm(args, items: list[dict], ids: list[int], files: dict, sheets: dict, t
                 rows.append((ROW_TEMPLATE, {i: tmpl[src][i] for i in sub}, None))
             phrase = free_raw = free_ver = None
             if "phrase" in args.lm_systems:
-                ph = {i: json.loads(cache[(src, f"phrase@{lab}", i)]) for i in sub if items[i]["type"] != "describe"}
+                ph = {i: reverify(cache[(src, f"phrase@{lab}", i)], items[i]["q"], sheets[src][items[i]["image_id"]],
+                                  "phrase") for i in sub if items[i]["type"] != "describe"}
                 phrase = {i: ph[i]["text"] if i in ph else tmpl[src][i] for i in sub}  # describe: no rewording
                 per[f"phrase_fallbacks_{src}"] = sum(v["mode"] == "fallback" for v in ph.values())
                 rows.append((ROW_PHRASE, phrase, lab))
             if "free" in args.lm_systems:
-                fr = {i: json.loads(cache[(src, f"free@{lab}", i)]) for i in sub}
+                fr = {i: reverify(cache[(src, f"free@{lab}", i)], items[i]["q"], sheets[src][items[i]["image_id"]],
+                                  "free") for i in sub}
                 free_raw = {i: fr[i]["raw"] or "" for i in sub}
                 free_ver = {i: fr[i]["text"] for i in sub}
                 per[f"free_fallbacks_{src}"] = sum(v["mode"] == "fallback" for v in fr.values())
+                # answers whose verified text today's rules changed (the cache holds what the run produced)
+                per[f"free_reverified_changed_{src}"] = sum(v.get("cached_text", v["text"]) != v["text"]
+                                                            for v in fr.values())
                 rows += [(ROW_RAW, free_raw, lab), (ROW_VERIFIED, free_ver, lab)]
             for name, ans, row_lm in rows:
                 results["systems"].append({**score(items, ans, sheets[src], name + ("" if row_lm is None else sfx)),
@@ -800,6 +807,35 @@ def run_lm(args, items: list[dict], ids: list[int], files: dict, sheets: dict, t
                 if a_ok.get(name) and b_ok.get(name):
                     results["mcnemar"].append({"facts": src, "a": f"{name} [{first}]", "b": f"{name} [{s.label}]",
                                                "lm": [first, s.label], **mcnemar_exact(a_ok[name], b_ok[name])})
+
+
+class _Replay:
+    """A ChatBackend that returns a cached LM text: scoring re-runs the current router and verifier on the raw
+    answers an earlier run recorded, so every row of a results file obeys the same, current rules."""
+
+    name = "replay"
+    compact_prompt = True
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def generate(self, messages, max_tokens=256, stop=None, on_token=None) -> str:
+        return self.text
+
+    def describe(self) -> dict:
+        return {"name": self.name}
+
+
+def reverify(cached: str, question: str, sheet, mode: str) -> dict:
+    """A cached routed answer (``_ans`` JSON) with ``text`` and ``mode`` recomputed from its ``raw`` LM text by
+    today's router and verifier (unchanged when no LM ran for it)."""
+    from backend.chat.router import answer_question
+
+    rec = json.loads(cached)
+    if rec.get("raw") is None:
+        return rec
+    a = answer_question(question, sheet, backend=_Replay(rec["raw"]), mode=mode)
+    return {**rec, "text": a.text, "mode": a.mode, "cached_text": rec["text"], "cached_mode": rec["mode"]}
 
 
 def _ans(a) -> dict:

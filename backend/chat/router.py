@@ -401,6 +401,10 @@ def answer_question(question: str, sheet: FactSheet, *, backend: ChatBackend | N
     beside = used == "free" and not rewordable and bool(v.text.strip())
     if beside:
         v.problems.append((v.text, "the facts cannot answer this question; the refusal stands"))
+    elif used == "free" and v.text.strip() and (missing := _unanswered_classes(question, v.text, sheet, intent)):
+        # a count / presence / where answer must be about the class asked for, not another true fact
+        beside = True
+        v.problems.append((v.text, f"does not answer the question about {', '.join(missing)}"))
     if not v.text.strip() or lost or beside:
         fallback = verify(tmpl, sheet, question=question)
         fallback.problems = v.problems + fallback.problems
@@ -409,6 +413,15 @@ def answer_question(question: str, sheet: FactSheet, *, backend: ChatBackend | N
         return _finish(fallback, sheet, intent, "fallback", raw, tmpl, timings)
     timings["total"] = time.perf_counter() - t0
     return _finish(v, sheet, intent, used, raw, tmpl, timings)
+
+
+def _unanswered_classes(question: str, answer: str, sheet: FactSheet, intent: str) -> list[str]:
+    """Known classes a count / presence / where question asks about that ``answer`` never mentions."""
+    if intent not in ("count", "presence", "where"):
+        return []
+    asked = {r.key: r.word for r in question_classes(question, sheet) if r.key}
+    said = {cls for _, cls in mentioned_classes(answer, class_vocabulary(sheet))}
+    return [word for key, word in asked.items() if key not in said]
 
 
 def _finish(v: Verification, sheet: FactSheet, intent: str, mode: str, raw: str | None, tmpl: str,

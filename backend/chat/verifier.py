@@ -6,7 +6,9 @@ The answer is split into sentences; a sentence is *unsupported* when it
 * states a number that equals no number of the fact sheet (after rounding to the answer's own precision,
   so "about 12%" matches 12.3 %) or of the user's question (count words "two".."twenty" count too);
 * claims the presence of a class that the sheet does not list as present (a hallucinated class) —
-  a sentence that negates it ("no ships were detected") is fine.
+  a sentence that negates it ("no ships were detected") is fine;
+* for free-form LM text (``require_citation``): cites no fact, or cites facts but states none of their
+  numbers, classes or object IDs.
 
 Unsupported sentences are removed (``mode="remove"``) or kept with a ``[unverified: ...]`` note
 (``mode="flag"``). The result carries the cited fact IDs that survived, for the plugin to draw.
@@ -163,6 +165,18 @@ def _count_claims(sentence: str, sheet: FactSheet, vocab: dict[str, str]) -> lis
     return out
 
 
+def states_cited(sentence: str, cited: list, vocab: dict[str, str]) -> bool:
+    """True when ``sentence`` states a number, a class or an object ID of one of the ``cited`` facts."""
+    values = [v for f in cited for v in f.values]
+    if any(number_supported(v, dec, values) for v, dec in extract_numbers(sentence)):
+        return True
+    classes = {c for f in cited for c in f.classes}
+    if any(cls in classes for _, cls in mentioned_classes(sentence, vocab)):
+        return True
+    ids = {str(f.data.get("object_id")) for f in cited if f.data.get("object_id")}
+    return any(oid in ids for oid in re.findall(r"\b(O\d+)\b", sentence))
+
+
 def verify(answer: str, sheet: FactSheet, *, question: str = "", mode: str = "remove",
            require_citation: bool = False) -> Verification:
     """Check ``answer`` against ``sheet``; see the module docstring.
@@ -211,6 +225,10 @@ def verify(answer: str, sheet: FactSheet, *, question: str = "", mode: str = "re
         # a citation with a bare number ("[F4] 1.") passes every check above but states nothing
         if require_citation and len(re.findall(r"[^\W\d_]{2,}", re.sub(r"\[?\bF\d+\]?", " ", sent))) < 2:
             reasons.append("states nothing besides a citation")
+        # a cited sentence must say something its facts hold (measured: a 270M LM copied the instruction
+        # "After each claim, cite the fact ID in square brackets, like [F2]." as its answer)
+        elif require_citation and cited_here and not states_cited(sent, cited_here, vocab):
+            reasons.append(f"cites {', '.join(f.id for f in cited_here)} but states nothing from it")
         wrong_counts = _count_claims(sent, sheet, vocab)
         # a number stated as the count of a class must be that class's count, not just any fact's number
         res.numbers_supported -= min(len(wrong_counts), res.numbers_supported)

@@ -287,3 +287,21 @@ def test_soft_spec_gets_a_backend_per_image(tmp_path, monkeypatch):
     assert prior["system"] == "LM prior (no facts, image soft tokens)"
     ex = r["examples"]["lm_gt"]
     assert {e["prior"] for e in ex} == {"image 001", "image 002"}
+
+
+def test_scoring_replays_cached_raw_text_through_todays_rules(chat_fixture):
+    """A cached free answer that an older verifier accepted is re-scored by the current one from its raw text;
+    an answer with no LM text (a template) is left alone."""
+    from chat_fixtures import DET_CLASSES
+
+    from backend.chat.facts import PerceptionOutput, build_fact_sheet
+
+    sheet = build_fact_sheet(chat_fixture["raster"], [PerceptionOutput(chat_fixture["landcover"]),
+                                                      PerceptionOutput(chat_fixture["detections"], classes=DET_CLASSES)])
+    copied = "After each claim, cite the fact ID in square brackets, like [F2]."
+    old = json.dumps({"text": copied, "raw": copied, "mode": "free"})
+    new = eval_chat.reverify(old, "How many ships are there?", sheet, "free")
+    assert new["mode"] == "fallback" and "3 ship" in new["text"]
+    assert new["cached_text"] == copied and new["raw"] == copied
+    tmpl = json.dumps({"text": "I cannot tell about trains.", "raw": None, "mode": "template"})
+    assert eval_chat.reverify(tmpl, "How many trains are there?", sheet, "phrase") == json.loads(tmpl)

@@ -146,13 +146,34 @@ def test_free_answers_cannot_override_a_refusal(sheet):
     """A question the facts cannot answer keeps its refusal in free mode, even when the LM's sentence cites a
     fact and every number in it is in that fact (the D5 evaluation found "There are 1 trains [F3]")."""
     ship = sheet.for_class("ship", "count")[0].id
-    lm = EchoLM(f"No trains were detected [{ship}].")
+    lm = EchoLM(f"There are 3 trains [{ship}].")  # 3 is the cited ship count: the verifier alone lets it pass
     a = answer_question("How many trains are there?", sheet, backend=lm, mode="free")
     assert a.mode == "fallback" and a.text.startswith("I cannot tell about trains")
-    assert a.raw_lm_text == f"No trains were detected [{ship}]."  # the LM ran; its answer was set aside
+    assert a.raw_lm_text == f"There are 3 trains [{ship}]."  # the LM ran; its answer was set aside
     assert any(p["reason"] == "the facts cannot answer this question; the refusal stands"
                for p in a.verification["problems"])
     # an answerable question in free mode still takes the verified LM answer
     ok = answer_question("How many ships are there?", sheet, backend=EchoLM(f"I count 3 ships [{ship}]."),
                          mode="free")
     assert ok.mode == "free" and ok.text == f"I count 3 ships [{ship}]."
+
+
+def test_free_answers_must_state_what_they_cite_and_answer_the_question(sheet):
+    """Measured failures of the D6 endpoint LM: a copied instruction with a citation, and a true fact about
+    another class given as the answer to a count question."""
+    ship = sheet.for_class("ship", "count")[0].id
+    echo = EchoLM("After each claim, cite the fact ID in square brackets, like [F2].")
+    a = answer_question("How many ships are there?", sheet, backend=echo, mode="free")
+    assert a.mode == "fallback" and "3 ship" in a.text
+    assert any("but states nothing from it" in p["reason"] for p in a.verification["problems"])
+    other = next(f for f in sheet.by_kind("count") if f.classes and f.classes != ["ship"])
+    n = other.data["count"]
+    off = EchoLM(f"There are {n} {other.data['class']}s [{other.id}].")
+    b = answer_question("How many ships are there?", sheet, backend=off, mode="free")
+    assert b.mode == "fallback" and "3 ship" in b.text
+    assert any(p["reason"] == "does not answer the question about ship" for p in b.verification["problems"])
+    # describe answers are not held to a class, and a plain true count still passes
+    d = answer_question("Describe this scene.", sheet, backend=off, mode="free")
+    assert d.mode == "free"
+    good = answer_question("Are there any ships?", sheet, backend=EchoLM(f"Yes, 3 ships [{ship}]."), mode="free")
+    assert good.mode == "free"
