@@ -140,7 +140,8 @@ def main() -> int:
         """Medians of --repeats runs of one configuration; ``cold()`` drops any reusable prompt cache."""
         cold()
         lm.generate(messages(), max_tokens=4)  # warm-up (oneDNN primitive cache, allocator)
-        cfg: dict = {"dtype": dtype, "threads": nt, "fixed": [], "answer": [], "follow_up": []}
+        cfg: dict = {"dtype": dtype, "threads": nt, "decode_threads": getattr(lm, "decode_threads", nt), "fixed": [],
+                     "answer": [], "follow_up": []}
         for _ in range(args.repeats):
             cold()
             load = os.getloadavg()[0]
@@ -253,7 +254,9 @@ def markdown_table(res: dict) -> str:
             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in res["builtin"]["configs"]:
         m = c["median"]
-        rows.append(f"| {c['dtype']} | {c['threads']} | {m['fixed_ttft_s']:.2f} s | {m['fixed_decode_tok_s']:.1f} | "
+        dec = c.get("decode_threads", c["threads"])
+        thr = f"{c['threads']} (decode {dec})" if dec != c["threads"] else str(c["threads"])
+        rows.append(f"| {c['dtype']} | {thr} | {m['fixed_ttft_s']:.2f} s | {m['fixed_decode_tok_s']:.1f} | "
                     f"**{m['fixed_e2e_s']:.2f} s** | {m['answer_tokens']:.0f} | {m['answer_ttft_s']:.2f} s | "
                     f"{m['answer_e2e_s']:.2f} s | {m.get('follow_up_60_tok_e2e_s') or float('nan'):.2f} s | "
                     f"{m.get('prefill_full_sheet_s') or float('nan'):.2f} / "

@@ -48,7 +48,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))  # eval_chat and common are sibling scripts, not a package
 
 from common import DATA  # noqa: E402
-from eval_chat import REFUSAL, build_items, correct_by_item, load_cache, mcnemar_exact, score  # noqa: E402
+from eval_chat import (  # noqa: E402
+    REFUSAL,
+    build_items,
+    correct_by_item,
+    load_cache,
+    mcnemar_exact,
+    reverify,
+    score,
+)
 
 DEFAULT_DATA = DATA / "nwpu_vhr10"
 DEFAULT_PROJECTOR = Path("/tmp/chat_soft/projector")
@@ -244,8 +252,14 @@ def run_paired(args: argparse.Namespace) -> None:
     ev = eval_set(Path(args.data), args.first, args.last, args.lm_images)
     items, sub = ev.items, ev.sub
     cache = load_cache(Path(args.lm_cache))
-    ref = {i: cached(cache, args.ref_label, i) for i in sub}
-    soft = {i: cached(cache, args.soft_label, i) for i in sub}
+    # verified text re-derived from the cached raw text by today's router and verifier, as eval_chat scores it
+    sheets = {iid: gt_sheet(ev.ann, ev.classes, ev.files[iid], iid) for iid in ev.lm_ids}
+
+    def replayed(label: str, i: int) -> dict[str, Any]:
+        return reverify(json.dumps(cached(cache, label, i)), items[i]["q"], sheets[items[i]["image_id"]], "free")
+
+    ref = {i: replayed(args.ref_label, i) for i in sub}
+    soft = {i: replayed(args.soft_label, i) for i in sub}
     unans = [i for i in sub if items[i]["type"] == "unanswerable"]
     out: dict[str, Any] = {}
     for kind in ("raw", "text"):  # raw LM output, and the verified answer the user gets
