@@ -419,6 +419,9 @@ def main() -> int:
                          "openai-<model or host:port>, soft-<folder name>")
     ap.add_argument("--lm-systems", nargs="+", default=list(LM_SYSTEMS), choices=LM_SYSTEMS,
                     help="which LM systems to run: prior (no facts), phrase (templates reworded), free")
+    ap.add_argument("--lm-cached-only", action="store_true",
+                    help="load no LM: score the answers in --lm-cache (each --lm spec needs its --lm-label); a "
+                         "missing answer is an error")
     ap.add_argument("--out", default=str(REPO / "docs" / "results" / "chat_eval.json"))
     args = ap.parse_args()
     if not args.no_lm:
@@ -613,11 +616,17 @@ class LMSystem:
     """A loaded ``--lm`` spec. :meth:`backend_for` gives the ChatBackend that answers about one image (the same
     backend for every image except ``soft``, whose visual tokens depend on the image)."""
 
-    def __init__(self, spec: LMSpec) -> None:
+    def __init__(self, spec: LMSpec, load: bool = True) -> None:
         self.spec = spec
         self._backend = None
         self._soft = None
         self._soft_image: tuple[str, object] | None = None
+        if not load:  # --lm-cached-only: score cached answers; the label must be given
+            if not spec.label:
+                raise SystemExit(f"--lm-cached-only needs an --lm-label for {spec.spec!r} (the label its answers "
+                                 "were cached under)")
+            self.label = spec.label
+            return
         if spec.kind in ("builtin", "builtin-torch"):
             self._backend = _load_builtin(spec.kind == "builtin-torch")
         elif spec.kind == "openai":
@@ -633,6 +642,8 @@ class LMSystem:
         self.label = spec.label or default_label(spec, self.describe())
 
     def backend_for(self, image: Path):
+        if self._backend is None and self._soft is None:
+            return None  # --lm-cached-only
         if self._soft is None:
             return self._backend
         if self._soft_image is None or self._soft_image[0] != str(image):
@@ -642,12 +653,15 @@ class LMSystem:
     def describe(self) -> dict:
         if self._backend is not None:
             return self._backend.describe()
+        if self._soft is None:
+            return {"name": self.spec.kind, "spec": self.spec.spec, "cached_only": True}
         desc = getattr(self._soft, "describe", None)
         return {"name": "soft", "dir": self.spec.target, **(desc() if callable(desc) else {})}
 
 
-def load_lm_systems(specs: list[str], labels: list[str] | None) -> list[LMSystem]:
-    """Parse and load ``--lm`` specs (labels from ``--lm-label``, else derived); labels must be unique."""
+def load_lm_systems(specs: list[str], labels: list[str] | None, load: bool = True) -> list[LMSystem]:
+    """Parse and load ``--lm`` specs (labels from ``--lm-label``, else derived); labels must be unique.
+    ``load=False`` loads no model (scoring of cached answers only; labels required)."""
     parsed = [parse_lm_spec(s) for s in specs]
     if labels:
         if len(labels) != len(parsed):
@@ -656,7 +670,7 @@ def load_lm_systems(specs: list[str], labels: list[str] | None) -> list[LMSystem
             if not re.fullmatch(r"[\w.:+-]+", lab):
                 raise SystemExit(f"--lm-label {lab!r}: use letters, digits and . : + - _ only")
             p.label = lab
-    systems = [LMSystem(p) for p in parsed]
+    systems = [LMSystem(p, load) for p in parsed]
     seen: dict[str, str] = {}
     for s in systems:
         if s.label in seen:
@@ -689,7 +703,7 @@ def run_lm(args, items: list[dict], ids: list[int], files: dict, sheets: dict, t
     """LM systems of every ``--lm`` spec on the first ``--lm-images`` images; answers cached per item, system
     and LM label in ``--lm-cache``. The first spec keeps the historical row names; the others get ``[label]``
     appended, and McNemar pairs compare each of them with the first on the same items."""
-    systems = load_lm_systems(args.lm, args.lm_label)
+    systems = load_lm_systems(args.lm, args.lm_label, load=not args.lm_cached_only)
     results["lm"] = systems[0].describe()
     results["lms"] = [{"label": s.label, "spec": s.spec.spec, "describe": s.describe()} for s in systems]
     results["lm_systems"] = list(args.lm_systems)
@@ -706,6 +720,8 @@ def run_lm(args, items: list[dict], ids: list[int], files: dict, sheets: dict, t
         def get(src: str, system: str, label: str, i: int, make, *a) -> str:
             key = (src, f"{system}@{label}", i)
             if key not in cache:
+                if a[0] is None:
+                    raise SystemExit(f"--lm-cached-only: the answer {key} is not in {cache_path}")
                 t = time.perf_counter()
                 cache[key] = make(*a)
                 times[key] = time.perf_counter() - t

@@ -305,3 +305,11 @@ def test_scoring_replays_cached_raw_text_through_todays_rules(chat_fixture):
     assert new["cached_text"] == copied and new["raw"] == copied
     tmpl = json.dumps({"text": "I cannot tell about trains.", "raw": None, "mode": "template"})
     assert eval_chat.reverify(tmpl, "How many trains are there?", sheet, "phrase") == json.loads(tmpl)
+
+
+def test_cached_only_needs_labels_and_loads_nothing():
+    with pytest.raises(SystemExit, match="needs an --lm-label"):
+        eval_chat.load_lm_systems(["soft:/nonexistent/projector"], None, load=False)
+    (s,) = eval_chat.load_lm_systems(["soft:/nonexistent/projector"], ["soft-projector"], load=False)
+    assert s.label == "soft-projector" and s.backend_for(Path("x.jpg")) is None
+    assert s.describe()["cached_only"] is True
