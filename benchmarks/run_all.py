@@ -102,9 +102,13 @@ def summary() -> list[str]:
         r = ", ".join(f"{x['threads']} thr: {x['ratio']:.2f}x" for x in rtp["results"])
         out.append(f"| same, with `OMP_WAIT_POLICY=PASSIVE` (torch threads sleep when idle) | {r} | "
                    f"{verdict(rtp['met'])} | load {rtp['machine']['load1']} |")
-    for name in ("chat_quiet", "chat"):  # chat answer (fact sheet + 60 tokens) < 3 s; quiet-machine run first
+    # chat answer (fact sheet + 60 tokens) < 3 s: the quiet-machine run, then `make bench`'s own run when it
+    # measured the default engine (an older chat.json holds torch-only runs on another machine)
+    for name in ("chat_quiet", "chat"):
         ch = load(name)
         cfgs = (ch or {}).get("builtin", {}).get("configs", [])
+        if name != "chat_quiet" and not any(c["dtype"].startswith("llama.cpp") for c in cfgs):
+            continue
         if cfgs:
             # the backend's default configuration (llama.cpp, 2 threads) when it was measured, else the best
             default = [c for c in cfgs if c["dtype"].startswith("llama.cpp") and c["threads"] == 2]
@@ -208,7 +212,9 @@ def assemble(quick: bool, timings: list[str]) -> Path:
              + (" --quick" if quick else "") + "`); "
              f"assembled {machine_line()}. Every section gives the exact command that produced its figures; "
              "the machine is a small VM shared with other work (see the load average next to each figure), so "
-             "compare ratios measured in the same run rather than absolute times across sections.\n",
+             "compare ratios measured in the same run rather than absolute times across sections. The VM's CPU "
+             "can change between sessions (an Intel Xeon with AMX until 2026-11-23, an AMD EPYC without AMX on "
+             "2026-12-06): each section names the CPU it ran on, and ratios are only compared within one run.\n",
              "## Targets (issue \"Performance\")\n",
              "| target | measured | verdict | conditions |", "|---|---|---|---|", *summary(), ""]
     for name in ("throughput", "runtimes", "runtimes_passive", "naive"):
