@@ -4,14 +4,18 @@ Slow only because importing transformers takes 10-70 s on the shared 2-core mach
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 
 from backend.chat.lm import HFDirBackend, LMError, make_backend
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
+from tiny_lm import tiny_parts  # noqa: E402
+
 WORDS = ["<unk>", "<|im_start|>", "<|im_end|>", "system", "user", "assistant", "ships", "water", "three", "the",
          "is", "are", "there", "how", "many", "[F1]", "[F2]", "yes", "no", "."]
-TEMPLATE = ("{% for m in messages %}<|im_start|> {{ m['role'] }} {{ m['content'] }} <|im_end|> {% endfor %}"
-            "{% if add_generation_prompt %}<|im_start|> assistant {% endif %}")
 
 
 pytestmark = pytest.mark.slow
@@ -19,22 +23,10 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
     d = tmp_path_factory.mktemp("tinylm")
-    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", eos_token="<|im_end|>",
-                                  bos_token="<|im_start|>")
-    tok.chat_template = TEMPLATE
+    model, tok = tiny_parts(WORDS, layers=1)
     tok.save_pretrained(d)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(WORDS), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=1, eos_token_id=2, bos_token_id=1,
-                      max_position_embeddings=128)
-    LlamaForCausalLM(cfg).save_pretrained(d)
+    model.save_pretrained(d)
     return d
 
 
