@@ -24,6 +24,7 @@ Backends:
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import json
 import os
@@ -437,6 +438,16 @@ def smollm2_gguf_path() -> Path:
 
 _BUILTIN: dict[str, ChatBackend] = {}  # engine -> loaded model
 _BUILTIN_LOCK = threading.Lock()
+
+
+@atexit.register
+def _close_llamacpp() -> None:
+    """Free cached llama.cpp models before interpreter shutdown: llama-cpp-python's ``__del__`` fails with a
+    TypeError once its module globals are gone."""
+    for lm in list(_BUILTIN.values()):
+        if isinstance(lm, _LlamaCppLM):
+            lm.llm.close()
+    _BUILTIN.clear()
 
 
 class BuiltinBackend(ChatBackend):
