@@ -87,13 +87,20 @@ def summary() -> list[str]:
         u = ", ".join(f"{x['runtime']} {x['job_pct']:.1f} % (model alone {x['model_only_pct']:.1f} %)"
                       for x in thr["utilisation"])
         out.append(f"| segmentation FLOP/s / measured matmul FLOP/s >= 50 % | {u} | {verdict(thr['met'])} | "
-                   f"load {thr['machine']['load1']} |")
-    quiet = load("throughput_quiet")  # the same benchmark, segmentation only, with no other job running
-    if quiet and "utilisation" in quiet:
-        u = ", ".join(f"{x['runtime']} {x['job_pct']:.1f} % (model alone {x['model_only_pct']:.1f} %)"
+                   f"{thr['machine'].get('cpu', '')}, load {thr['machine']['load1']} |")
+    # the same benchmark, segmentation only, with no other job running (1 model thread; 2 = the whole machine)
+    for name in ("throughput_quiet", "throughput_quiet_2t"):
+        quiet = load(name)
+        if not (quiet and "utilisation" in quiet):
+            continue
+        u = ", ".join(f"{x['runtime']} {x['job_pct']:.1f} % of the fp32 limit, {x['job_pct_bf16_limit']:.1f} % of the "
+                      f"bf16 limit (model alone {x['model_only_pct']:.1f} / {x['model_only_pct_bf16_limit']:.1f} %)"
                       for x in quiet["utilisation"])
-        out.append(f"| same, quiet machine (`docs/bench/throughput_quiet.json`) | {u} | {verdict(quiet['met'])} | "
-                   f"load {quiet['machine']['load1']} |")
+        v = (f"{verdict(quiet['met_fp32_in_fp32'])} computing in fp32 (the default, onnx) vs the fp32 limit; "
+             f"{verdict(quiet['met_bf16_vs_bf16_limit'])} in bf16 vs the bf16 limit")
+        threads = quiet["command"].split("--threads")[-1].split()[0] if "--threads" in quiet["command"] else "?"
+        out.append(f"| same, quiet machine, {threads} thread(s) (`docs/bench/{name}.json`) | {u} | {v} | "
+                   f"{quiet['machine'].get('cpu', '')}, load {quiet['machine']['load1']} |")
     if rt:
         r = ", ".join(f"{x['threads']} thr: {x['ratio']:.2f}x" for x in rt["results"])
         out.append(f"| onnxruntime / torch eager (same model, same tiles) >= 1.5x | {r} | {verdict(rt['met'])} | "
