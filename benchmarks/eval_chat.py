@@ -68,6 +68,8 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
+from backend.chat.facts import plural_class
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path("/work/shared/data/nwpu_vhr10")
 OUT_OF_VOCAB = ["helicopter", "swimming pool", "wind turbine", "roundabout", "train", "dam"]
@@ -77,11 +79,6 @@ WORDS = {"no": 0, "zero": 0, "one": 1, "a single": 1, "two": 2, "three": 3, "fou
          "seven": 7, "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12}
 # Placement of the GeoTIFF copies the backend needs (NWPU has no georeference; the detector ignores it)
 GEO_CRS, GEO_ORIGIN, GEO_RES_M = "EPSG:32633", (500000.0, 5000000.0), 1.0
-
-
-def plural(name: str) -> str:
-    n = name.replace("_", " ")
-    return n + ("es" if n.endswith(("s", "ch", "sh", "x")) else "s")
 
 
 def parse_count(text: str, cls: str) -> int | None:
@@ -130,7 +127,7 @@ def build_items(ann: dict, image_ids: list[int], seed: int = 0) -> list[dict]:
         present = sorted(gt)
         for c in present + rng.sample(absent, min(2, len(absent))):
             items.append({"image_id": iid, "type": "count", "class": c, "gt": gt.get(c, 0),
-                          "q": f"How many {plural(c)} are there?"})
+                          "q": f"How many {plural_class(c)} are there?"})
         if present:
             c = rng.choice(present)
             items.append({"image_id": iid, "type": "presence", "class": c, "gt": True,
@@ -141,7 +138,7 @@ def build_items(ann: dict, image_ids: list[int], seed: int = 0) -> list[dict]:
                           "q": f"Is there a {c.replace('_', ' ')} in this image?"})
         x = rng.choice(OUT_OF_VOCAB)
         items.append({"image_id": iid, "type": "unanswerable", "class": x, "gt": None,
-                      "q": f"How many {plural(x)} are there?"})
+                      "q": f"How many {plural_class(x)} are there?"})
         items.append({"image_id": iid, "type": "describe", "class": None, "gt": dict(gt),
                       "q": "Describe this image."})
     return items

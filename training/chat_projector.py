@@ -33,11 +33,14 @@ import math
 import random
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from backend.chat.facts import plural_class
 
 DATA = Path("/work/shared/data/nwpu_vhr10")
 OUT_OF_VOCAB_TRAIN = ["golf course", "solar panel", "greenhouse", "lighthouse", "oil rig", "cemetery"]
@@ -46,16 +49,9 @@ PRESENCE_Q = ["Is there a {c} in this image?", "Are there any {pl}?"]
 DESCRIBE_Q = ["Describe this image.", "What is in this image?", "Give a short description of the scene."]
 
 
-def plural(name: str, n: int = 2) -> str:
-    c = name.replace("_", " ")
-    if n == 1:
-        return c
-    return c + ("es" if c.endswith(("s", "ch", "sh", "x")) else "s")
-
-
 def caption(counts: dict[str, int]) -> str:
     """``{"airplane": 3, "ground_track_field": 1}`` → ``3 airplanes and 1 ground track field``."""
-    parts = [f"{n} {plural(c, n)}" for c, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+    parts = [f"{n} {plural_class(c, n)}" for c, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
     if not parts:
         return "no objects of the known classes"
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
@@ -92,11 +88,11 @@ def render_instructions(image: str, counts: dict[str, int], classes: list[str], 
                       f"The image shows {cap}."))
     for c in asked:
         n = counts.get(c, 0)
-        q = rng.choice(COUNT_Q).format(pl=plural(c))
-        ans = f"There {'is' if n == 1 else 'are'} {n} {plural(c, n)}." if n else f"There are no {plural(c)}."
+        q = rng.choice(COUNT_Q).format(pl=plural_class(c))
+        ans = f"There {'is' if n == 1 else 'are'} {n} {plural_class(c, n)}." if n else f"There are no {plural_class(c)}."
         out.append(Sample(image, "caption", [{"role": "user", "content": q}], ans))
     for c in ([rng.choice(present)] if present else []) + ([rng.choice(absent)] if absent else []):
-        q = rng.choice(PRESENCE_Q).format(c=c.replace("_", " "), pl=plural(c))
+        q = rng.choice(PRESENCE_Q).format(c=c.replace("_", " "), pl=plural_class(c))
         out.append(Sample(image, "caption", [{"role": "user", "content": q}], "Yes." if counts.get(c) else "No."))
     if sheet is None:
         return out
@@ -117,20 +113,20 @@ def render_instructions(image: str, counts: dict[str, int], classes: list[str], 
 
     for c in asked:
         n = counts.get(c, 0)
-        q = rng.choice(COUNT_Q).format(pl=plural(c))
+        q = rng.choice(COUNT_Q).format(pl=plural_class(c))
         if n:
-            facts(q, f"There {'is' if n == 1 else 'are'} {n} {plural(c, n)}{fid(c, 'count')}.")
+            facts(q, f"There {'is' if n == 1 else 'are'} {n} {plural_class(c, n)}{fid(c, 'count')}.")
         else:
-            facts(q, f"No {plural(c)} were detected{fid(c, 'absent')}.")
+            facts(q, f"No {plural_class(c)} were detected{fid(c, 'absent')}.")
     for c in ([rng.choice(present)] if present else []) + ([rng.choice(absent)] if absent else []):
-        q = rng.choice(PRESENCE_Q).format(c=c.replace("_", " "), pl=plural(c))
+        q = rng.choice(PRESENCE_Q).format(c=c.replace("_", " "), pl=plural_class(c))
         n = counts.get(c, 0)
-        facts(q, f"Yes, there {'is' if n == 1 else 'are'} {n} {plural(c, n)}{fid(c, 'count')}." if n else
+        facts(q, f"Yes, there {'is' if n == 1 else 'are'} {n} {plural_class(c, n)}{fid(c, 'count')}." if n else
               f"No, no {c.replace('_', ' ')} was detected{fid(c, 'absent')}.")
     x = rng.choice(OUT_OF_VOCAB_TRAIN)
-    facts(rng.choice(COUNT_Q).format(pl=plural(x)),
-          f"I cannot tell: {plural(x)} are not among the classes in the facts.")
-    parts = [f"{n} {plural(c, n)}{fid(c, 'count')}" for c, n in sorted(counts.items(), key=lambda kv: -kv[1])]
+    facts(rng.choice(COUNT_Q).format(pl=plural_class(x)),
+          f"I cannot tell: {plural_class(x)} are not among the classes in the facts.")
+    parts = [f"{n} {plural_class(c, n)}{fid(c, 'count')}" for c, n in sorted(counts.items(), key=lambda kv: -kv[1])]
     desc = ("The image shows " + (parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1])
             + ".") if parts else "No objects of the known classes were detected" + (
         fid(absent[0], "absent") if absent else "") + "."
@@ -367,6 +363,9 @@ def run(args: argparse.Namespace) -> int:
     lm = BuiltinBackend.load()
     if not hasattr(lm, "model"):
         raise SystemExit("training the projector needs the torch engine of the built-in LM: set RSFM_CHAT_ENGINE=torch")
+    per_image: dict[int, Counter] = {}  # image id -> class counts, in one pass over the annotations
+    for a in ann["annotations"]:
+        per_image.setdefault(a["image_id"], Counter())[cats[a["category_id"]]] += 1
     rng = random.Random(args.seed)  # noqa: S311  # nosec B311 (sampling, not crypto)
     enc: dict[str, list[Encoded]] = {"train": [], "val": []}
     for part, r in split.items():
@@ -375,10 +374,7 @@ def run(args: argparse.Namespace) -> int:
             if key not in files:
                 continue
             iid = by_name[f"{key}.jpg"]
-            counts: dict[str, int] = {}
-            for a in ann["annotations"]:
-                if a["image_id"] == iid:
-                    counts[cats[a["category_id"]]] = counts.get(cats[a["category_id"]], 0) + 1
+            counts = dict(per_image.get(iid, {}))
             sheet = build_fact_sheet(str(files[key]), objects=read_coco_objects(ann, iid), object_classes=classes,
                                      score_threshold=0.0)
             enc[part] += [encode(lm, s) for s in render_instructions(key, counts, classes, sheet, rng)]

@@ -135,6 +135,15 @@ def display_class(name: str) -> str:
     return re.sub(r"[_\-]+", " ", name.strip())
 
 
+def plural_class(name: str, n: int = 2) -> str:
+    """:func:`display_class` in the plural unless ``n == 1``: ``storage_tank`` → ``storage tanks``, ``bus`` →
+    ``buses`` (English -s / -es only; the class names of the bundled models need nothing more)."""
+    c = display_class(name)
+    if n == 1:
+        return c
+    return c + ("es" if c.endswith(("s", "ch", "sh", "x")) else "s")
+
+
 def fmt_num(x: float, digits: int = 3) -> str:
     """Round to ``digits`` significant digits, no exponent, no trailing zeros (``0.0123``, ``1230``)."""
     if x == 0 or not math.isfinite(x):

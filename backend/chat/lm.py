@@ -198,6 +198,52 @@ class _IncrementalDecoder:
         return self.tok.decode(self.ids, skip_special_tokens=True)
 
 
+class _BytesDecoder:
+    """Token ids → text for llama.cpp, whose tokens are byte strings: an incremental UTF-8 decoder holds back a
+    character split over tokens (same ``push`` / ``full`` interface as :class:`_IncrementalDecoder`)."""
+
+    def __init__(self, detokenize: Callable[[list[int]], bytes]) -> None:
+        import codecs
+
+        self.detokenize = detokenize
+        self.utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+        self.text = ""
+
+    def push(self, token_id: int) -> str:
+        self.text += self.utf8.decode(self.detokenize([token_id]))
+        return self.text
+
+    def full(self) -> str:
+        return self.text + self.utf8.decode(b"", final=True)
+
+
+def _greedy_decode(next_token: Callable[[int | None], int], dec: Any, eos: set[int], max_tokens: int,
+                   stop: list[str] | None, on_token: Callable[[str], None] | None, ignore_eos: bool,
+                   stats: dict[str, float], t0: float) -> str:
+    """The decoding loop both local engines share: ``next_token(None)`` runs the prompt, ``next_token(t)`` feeds
+    token ``t``; each returns the arg-max next token. Streams new text to ``on_token``, honours EOS and ``stop``
+    strings, and fills ``stats`` (``prefill_s``: time to the first token, ``new_tokens``)."""
+    emitted = ""  # text already passed to on_token
+    nxt: int | None = None
+    for step in range(max_tokens):
+        nxt = next_token(nxt)
+        if step == 0:
+            stats["prefill_s"] = time.perf_counter() - t0
+        if nxt in eos and not ignore_eos:
+            break
+        stats["new_tokens"] += 1
+        text, stopped = _cut_at_stop(dec.push(nxt), stop)
+        if on_token and len(text) > len(emitted):
+            on_token(text[len(emitted):])
+            emitted = text
+        if stopped:
+            break
+    text, _ = _cut_at_stop(dec.full(), stop)
+    if on_token and text.startswith(emitted) and len(text) > len(emitted):
+        on_token(text[len(emitted):])
+    return text
+
+
 class _TorchLM(ChatBackend):
     """Greedy decoding with a transformers causal LM (shared by builtin and hf_dir).
 
@@ -234,39 +280,27 @@ class _TorchLM(ChatBackend):
         import torch
 
         ids = self.prompt_ids(messages)
-        dec = _IncrementalDecoder(self.tokenizer)
-        emitted = ""  # text already passed to on_token
         stats: dict[str, float] = {"prompt_tokens": int(ids.shape[1]), "new_tokens": 0, "threads": chat_threads()}
+        past = None
+
+        def next_token(prev: int | None) -> int:
+            nonlocal past
+            # logits_to_keep=1: the prefill needs only the last position's logits (all 850 x 49k vocab
+            # logits would be a 48 GFLOP matmul for nothing)
+            if prev is None and embed_prompt is not None:
+                out = self.model(inputs_embeds=embed_prompt(ids), use_cache=True, logits_to_keep=1)
+            else:
+                inp = ids if prev is None else torch.tensor([[prev]])
+                out = self.model(input_ids=inp, past_key_values=past, use_cache=True, logits_to_keep=1)
+            past = out.past_key_values
+            return int(out.logits[0, -1].argmax())
+
         t0 = time.perf_counter()
         with self._lock, torch.inference_mode(), _threads(int(stats["threads"])):
-            past = None
-            inp = ids
-            for step in range(max_tokens):
-                # logits_to_keep=1: the prefill needs only the last position's logits (all 850 x 49k vocab
-                # logits would be a 48 GFLOP matmul for nothing)
-                if step == 0 and embed_prompt is not None:
-                    out = self.model(inputs_embeds=embed_prompt(inp), use_cache=True, logits_to_keep=1)
-                else:
-                    out = self.model(input_ids=inp, past_key_values=past, use_cache=True, logits_to_keep=1)
-                past = out.past_key_values
-                nxt = int(out.logits[0, -1].argmax())
-                if step == 0:
-                    stats["prefill_s"] = time.perf_counter() - t0
-                if nxt in self.eos and not ignore_eos:
-                    break
-                stats["new_tokens"] += 1
-                text, stopped = _cut_at_stop(dec.push(nxt), stop)
-                if on_token and len(text) > len(emitted):
-                    on_token(text[len(emitted):])
-                    emitted = text
-                if stopped:
-                    break
-                inp = torch.tensor([[nxt]])
+            text = _greedy_decode(next_token, _IncrementalDecoder(self.tokenizer), self.eos, max_tokens, stop,
+                                  on_token, ignore_eos, stats, t0)
         stats["total_s"] = time.perf_counter() - t0
         self.last_stats = stats
-        text, _ = _cut_at_stop(dec.full(), stop)
-        if on_token and text.startswith(emitted) and len(text) > len(emitted):
-            on_token(text[len(emitted):])
         return text
 
     def describe(self) -> dict[str, Any]:
@@ -365,8 +399,6 @@ class _LlamaCppLM(ChatBackend):
     def generate(self, messages, max_tokens=256, stop=None, on_token=None, ignore_eos: bool = False) -> str:
         """Greedy decoding (arg-max of the logits, as :class:`_TorchLM`); ``last_stats`` adds
         ``reused_tokens`` (prompt tokens whose KV cache came from the previous call)."""
-        import codecs
-
         import numpy as np
         from llama_cpp import llama_get_logits_ith
 
@@ -378,12 +410,15 @@ class _LlamaCppLM(ChatBackend):
                           f"the chat model's context of {n_ctx}; ask about a smaller extent or start a new "
                           "conversation")
         stats: dict[str, float] = {"prompt_tokens": len(toks), "new_tokens": 0, "threads": self.threads}
-        utf8 = codecs.getincrementaldecoder("utf-8")("replace")
-        text = ""
-        emitted = ""
+        llm = self.llm
+
+        def next_token(prev: int | None) -> int:
+            llm.eval(toks[keep:] if prev is None else [prev])
+            # logits of the last evaluated token (llama-cpp-python keeps none itself unless logits_all)
+            return int(np.argmax(np.ctypeslib.as_array(llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,))))
+
         t0 = time.perf_counter()
         with self._lock:
-            llm = self.llm
             cached = llm.input_ids[: llm.n_tokens].tolist()
             keep = 0
             # at least one prompt token is evaluated, for its logits
@@ -393,30 +428,10 @@ class _LlamaCppLM(ChatBackend):
                 keep += 1
             stats["reused_tokens"] = keep
             llm.n_tokens = keep  # eval() drops the KV cache from here on
-            llm.eval(toks[keep:])
-            for step in range(max_tokens):
-                # logits of the last evaluated token (llama-cpp-python keeps none itself unless logits_all)
-                logits = np.ctypeslib.as_array(llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,))
-                nxt = int(np.argmax(logits))
-                if step == 0:
-                    stats["prefill_s"] = time.perf_counter() - t0
-                if nxt in self.eos and not ignore_eos:
-                    break
-                stats["new_tokens"] += 1
-                text += utf8.decode(llm.detokenize([nxt]))
-                out, stopped = _cut_at_stop(text, stop)
-                if on_token and len(out) > len(emitted):
-                    on_token(out[len(emitted):])
-                    emitted = out
-                if stopped or step == max_tokens - 1:
-                    break
-                llm.eval([nxt])
-        text += utf8.decode(b"", final=True)
+            text = _greedy_decode(next_token, _BytesDecoder(llm.detokenize), self.eos, max_tokens, stop, on_token,
+                                  ignore_eos, stats, t0)
         stats["total_s"] = time.perf_counter() - t0
         self.last_stats = stats
-        text, _ = _cut_at_stop(text, stop)
-        if on_token and text.startswith(emitted) and len(text) > len(emitted):
-            on_token(text[len(emitted):])
         return text
 
     def describe(self) -> dict[str, Any]:

@@ -18,6 +18,10 @@ layer metadata key ``classes``):
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -85,3 +89,14 @@ def make_fixture(root: Path) -> dict[str, str]:
                       ["class_name", "score"], layer="detections", driver="GPKG", geometry_type="Polygon",
                       crs="EPSG:32640", layer_metadata={"classes": json.dumps(DET_CLASSES)})
     return {"raster": str(raster), "landcover": str(lc), "detections": str(det)}
+
+
+@contextmanager
+def serve_loopback(handler: type) -> Iterator[str]:
+    """Run ``handler`` (a ``BaseHTTPRequestHandler``) on a free 127.0.0.1 port; yields its ``/v1`` base URL."""
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}/v1"
+    finally:
+        srv.shutdown()

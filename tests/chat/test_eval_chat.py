@@ -9,8 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO / "tests" / "fixtures"))
 
 import eval_chat  # noqa: E402
+from chat_fixtures import serve_loopback  # noqa: E402
 
 
 def test_mcnemar_exact_known_values():
@@ -190,10 +190,8 @@ class ModelReplies(BaseHTTPRequestHandler):
 @pytest.fixture
 def endpoint():
     ModelReplies.requests = []
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), ModelReplies)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}/v1"
-    srv.shutdown()
+    with serve_loopback(ModelReplies) as url:
+        yield url
 
 
 def _run(monkeypatch, *argv: str) -> dict:

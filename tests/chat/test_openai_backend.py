@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
-from chat_fixtures import DET_CLASSES
+from chat_fixtures import DET_CLASSES, serve_loopback
 
 from backend.chat.facts import PerceptionOutput, build_fact_sheet
 from backend.chat.lm import LMError, OpenAIBackend, make_backend
@@ -60,10 +59,8 @@ class FakeCompletions(BaseHTTPRequestHandler):
 @pytest.fixture
 def fake_server():
     FakeCompletions.requests = []
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), FakeCompletions)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}/v1"
-    srv.shutdown()
+    with serve_loopback(FakeCompletions) as url:
+        yield url
 
 
 def test_streaming_tokens_and_key_from_env(fake_server, monkeypatch):
