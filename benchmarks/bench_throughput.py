@@ -47,7 +47,8 @@ from common import (  # noqa: E402
     write_section,
 )
 
-TASKS = ("semantic_segmentation", "scene_classification", "object_detection")
+TASKS = ("semantic_segmentation", "scene_classification", "object_detection", "rotated_detection",
+         "instance_segmentation", "change_detection")
 
 
 def run_task(task: str, models_dir: Path, raster: Path, out: Path, threads: int, block: int,
