@@ -68,7 +68,7 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-from backend.chat.facts import plural_class
+from backend.chat.facts import ID_PATTERN, plural_class
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path("/work/shared/data/nwpu_vhr10")
@@ -83,7 +83,7 @@ GEO_CRS, GEO_ORIGIN, GEO_RES_M = "EPSG:32633", (500000.0, 5000000.0), 1.0
 
 def parse_count(text: str, cls: str) -> int | None:
     """The count an answer states for ``cls`` (None when it states none)."""
-    t = re.sub(r"\[?\b[FO]\d+\]?", " ", text.lower().replace("_", " "))
+    t = re.sub(ID_PATTERN, " ", text).lower().replace("_", " ")
     head = cls.replace("_", " ").split(" ")[0][:4]
     for m in re.finditer(r"\b(\d+|" + "|".join(WORDS) + r")\s+(?:[a-z]+\s+){0,2}?([a-z]+)", t):
         if m.group(2).startswith(head) or head in m.group(2):
@@ -237,9 +237,9 @@ def mcnemar_exact(a: dict[int, bool], b: dict[int, bool]) -> dict:
 # ------------------------------------------------------------------------------------- detector facts
 
 
-def georeferenced_copy(image: Path, out: Path) -> Path:
-    """``image`` (any format rasterio reads) as a GeoTIFF with :data:`GEO_CRS`, 1 m pixels: the backend
-    refuses rasters without a CRS. Reuses ``out`` when it exists."""
+def georeferenced_copy(image: Path, out: Path, res_m: float = GEO_RES_M) -> Path:
+    """``image`` (any format rasterio reads) as a GeoTIFF with :data:`GEO_CRS`, ``res_m`` pixels (1 m by
+    default): the backend refuses rasters without a CRS. Reuses ``out`` when it exists."""
     import rasterio
     from rasterio.transform import from_origin
 
@@ -249,7 +249,7 @@ def georeferenced_copy(image: Path, out: Path) -> Path:
     with rasterio.open(image) as src:
         data = src.read()
     with rasterio.open(out, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
-                       dtype=data.dtype, crs=GEO_CRS, transform=from_origin(*GEO_ORIGIN, GEO_RES_M, GEO_RES_M)) as dst:
+                       dtype=data.dtype, crs=GEO_CRS, transform=from_origin(*GEO_ORIGIN, res_m, res_m)) as dst:
         dst.write(data)
     return out
 

@@ -19,6 +19,11 @@ Inputs (all optional except the raster):
     list (so absent classes count as 0) comes from ``classes``, the layer metadata key ``classes``, or the
     sibling ``.qml`` categorized style (categories on ``class_id`` labelled with class names).
   - ``scene_classification``: a GeoPackage layer of tile polygons with ``class_name`` and ``score``.
+  - ``change_detection``: the change map of this raster against a second image (``other_raster``, earlier or
+    later): a class-index GeoTIFF with class 0 = no change (``backend.outputs`` writes it on the earlier
+    image's grid, possibly in another CRS) and/or its GeoPackage of change polygons (layer ``changes``, field
+    ``class_name``), one polygon per connected changed region. The raster gives the changed share and area,
+    the polygons the change regions ``C1``, ``C2``, ... (largest first) with boxes and coordinates.
 
 Units: areas in km² (m² below 0.01 km²), distances in metres, GSD in metres per pixel, pixel boxes
 ``[x0, y0, x1, y1]`` in pixel columns/rows of the source raster (origin top-left), map coordinates in the
@@ -45,7 +50,9 @@ log = logging.getLogger(__name__)
 SEGMENTATION = "semantic_segmentation"
 OBJECT_TASKS = ("object_detection", "rotated_detection", "instance_segmentation")
 SCENE = "scene_classification"
-TASKS = (SEGMENTATION, *OBJECT_TASKS, SCENE)
+CHANGE = "change_detection"
+TASKS = (SEGMENTATION, *OBJECT_TASKS, SCENE, CHANGE)
+RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".img")
 
 
 class FactSheetError(BadRequestError):
@@ -60,7 +67,8 @@ class Fact:
 
     Attributes:
         id: ``"F7"``.
-        kind: ``meta``, ``landcover``, ``count``, ``object``, ``relation``, ``scene`` or ``absent``.
+        kind: ``meta``, ``landcover``, ``count``, ``object``, ``relation``, ``scene``, ``absent``, ``change``
+            (changed share / area / number of regions) or ``change_region`` (one region, ID ``C1``..).
         text: one line, exactly the wording shown to the LM (numbers already rounded).
         values: every number stated in ``text`` (after rounding), for the verifier.
         classes: class names this fact is about (normalised, see :func:`norm_class`).
@@ -89,6 +97,8 @@ class PerceptionOutput:
         classes: the model's full class list in index order; lets the sheet say "0 ships detected"
             (a detector that knows ships found none) instead of "cannot tell".
         model: model id for provenance.
+        other_raster: for ``change_detection``: the second image the change was detected against.
+        other_is_later: for ``change_detection``: True when ``other_raster`` is the later image.
     """
 
     path: str
@@ -96,18 +106,35 @@ class PerceptionOutput:
     layer: str | None = None
     classes: list[str] | None = None
     model: str | None = None
+    other_raster: str | None = None
+    other_is_later: bool = True
 
     def resolved_task(self) -> str:
         if self.task:
             if self.task not in TASKS:
                 raise FactSheetError(f"unknown task {self.task!r} for {self.path}; use one of {', '.join(TASKS)}")
             return self.task
-        suffix = Path(self.path).suffix.lower()
-        if suffix in (".tif", ".tiff", ".vrt", ".img"):
+        if self.is_raster():
             return SEGMENTATION
-        if suffix in (".gpkg", ".geojson", ".shp", ".fgb"):
+        if Path(self.path).suffix.lower() in (".gpkg", ".geojson", ".shp", ".fgb"):
             return "object_detection"
         raise FactSheetError(f"cannot infer the task of {self.path}; pass task= one of {', '.join(TASKS)}")
+
+    def is_raster(self) -> bool:
+        return Path(self.path).suffix.lower() in RASTER_SUFFIXES
+
+
+# fact, object and change-region IDs: "F12", "[F12]", "O3", "C2" (never read as numbers)
+ID_PATTERN = r"\[?\b[FOC]\d+\]?"
+# dates and times ("2025:06:01 10:00:00", "2025-06-01"): checked as whole dates by the verifier, not as numbers
+# (else "10% changed" would be supported by the 10 o'clock of an acquisition time)
+DATE_PATTERN = r"\b\d{4}[-:/.]\d{1,2}[-:/.]\d{1,2}(?:[ T]\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?(?:Z|[+-]\d{2}:?\d{2})?"
+
+
+def dates_in(text: str) -> list[str]:
+    """Every date written in ``text`` as ``YYYYMMDD`` (times dropped): ``2025:06:01 10:00:00`` → ``20250601``."""
+    return ["{}{:0>2}{:0>2}".format(*re.split(r"[-:/.]", re.split(r"[ T]", m.group(0))[0])[:3])
+            for m in re.finditer(DATE_PATTERN, text)]
 
 
 def norm_class(name: str) -> str:
@@ -157,8 +184,9 @@ def fmt_num(x: float, digits: int = 3) -> str:
 
 
 def numbers_in(text: str) -> list[float]:
-    """Every number written in ``text`` except fact/object IDs (``F12``, ``O3``) and CRS codes."""
-    text = re.sub(r"\[?\b[FO]\d+\]?", " ", text)
+    """Every number written in ``text`` except fact/object/region IDs (``F12``, ``O3``, ``C2``) and CRS codes."""
+    text = re.sub(ID_PATTERN, " ", text)
+    text = re.sub(DATE_PATTERN, " ", text)
     text = re.sub(r"EPSG:\d+", " ", text)
     return [float(m.replace(",", "")) for m in re.findall(r"-?\d[\d,]*(?:\.\d+)?", text)]
 
@@ -198,9 +226,7 @@ def read_raster_info(path: str, bbox: list[float] | None = None, gsd_m: float | 
         raise FactSheetError(f"raster {path} does not exist; pass the path of the selected layer's file")
     with rasterio.open(path) as src:
         crs = src.crs
-        tags = src.tags()
-        date = next((tags[k] for k in ("ACQUISITIONDATETIME", "TIFFTAG_DATETIME", "DATE", "date",
-                                       "acquisition_date") if k in tags), None)
+        date = _raster_date(src.tags())
         names = [d or f"band {i + 1}" for i, d in enumerate(src.descriptions)]
         if bbox is not None:
             if len(bbox) != 4:
@@ -279,30 +305,37 @@ def segmentation_histograms(out: PerceptionOutput, info: RasterInfo, chunk_rows:
     from rasterio.windows import Window
 
     path = Path(out.path)
+    what, job = ("change map", "change detection") if out.task == CHANGE else ("segmentation output", "segmentation")
     if not path.exists():
-        raise FactSheetError(f"segmentation output {path} does not exist; run the segmentation job first")
+        raise FactSheetError(f"{what} {path} does not exist; run the {job} job first")
     with rasterio.open(path) as src:
         georef = info.crs is not None and src.crs is not None and not src.transform.is_identity
         if georef:
-            # the output may cover only the job's bbox: locate the asked area in the output's own grid
+            # the output may cover only the job's bbox, and a change map lies on the earlier image's grid
+            # (maybe another CRS): locate the asked area in the output's own grid
             from affine import Affine
+            from rasterio.crs import CRS
+            from rasterio.warp import transform_bounds
             from rasterio.windows import from_bounds
 
             tf = Affine(*info.transform)
             c0, r0, w0, h0 = info.window
             (x0, y1), (x1, y0) = tf @ (c0, r0 + h0), tf @ (c0 + w0, r0)
-            win = from_bounds(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1), transform=src.transform)
+            bounds = (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+            if CRS.from_string(info.crs) != src.crs:
+                bounds = transform_bounds(CRS.from_string(info.crs), src.crs, *bounds)
+            win = from_bounds(*bounds, transform=src.transform)
             try:
                 win = win.round_offsets().round_lengths().intersection(Window(0, 0, src.width, src.height))
             except Exception as e:  # WindowError: the output does not cover the asked area
-                raise FactSheetError(f"segmentation output {path} does not cover the asked area; run the "
-                                     "segmentation on this extent") from e
+                raise FactSheetError(f"{what} {path} does not cover the asked area; run the {job} on this "
+                                     "extent") from e
             window = (int(win.col_off), int(win.row_off), int(win.width), int(win.height))
         elif (src.width, src.height) == (info.width_px, info.height_px):
             window = info.window
         else:
             raise FactSheetError(
-                f"segmentation output {path} is {src.width}x{src.height} px, has no georeference, and the raster "
+                f"{what} {path} is {src.width}x{src.height} px, has no georeference, and the raster "
                 f"is {info.width_px}x{info.height_px}; pass the output made from this raster")
         names = list(out.classes or [])
         if not names:
@@ -346,8 +379,12 @@ class DetectedObject:
     task: str
 
 
-def read_objects(out: PerceptionOutput) -> list[DetectedObject]:
-    """Features of a detection / instance / scene GeoPackage layer (fields ``class_name``, ``score``)."""
+def read_objects(out: PerceptionOutput, to_crs: str | None = None) -> list[DetectedObject]:
+    """Features of a detection / instance / scene / change GeoPackage layer (fields ``class_name``, ``score``).
+
+    Geometries are reprojected to ``to_crs`` when the layer is in another CRS (a change map's polygons lie
+    in the earlier image's CRS). Features without ``score`` get 1.0.
+    """
     import pyogrio
     import shapely
 
@@ -366,6 +403,17 @@ def read_objects(out: PerceptionOutput) -> list[DetectedObject]:
     cls = fields[names.index("class_name")]
     score = fields[names.index("score")] if "score" in names else np.ones(len(cls))
     shapes = shapely.from_wkb(geoms)
+    if to_crs and _meta.get("crs") and len(shapes):
+        from rasterio.crs import CRS
+        from rasterio.warp import transform_geom
+
+        src_crs, dst_crs = CRS.from_user_input(_meta["crs"]), CRS.from_string(to_crs)
+        if src_crs != dst_crs:
+            keep = [i for i, g in enumerate(shapes) if g is not None]
+            moved = transform_geom(src_crs, dst_crs, [shapely.geometry.mapping(shapes[i]) for i in keep])
+            shapes = np.array(shapes, dtype=object)
+            for i, g in zip(keep, moved, strict=True):
+                shapes[i] = shapely.geometry.shape(g)
     return [DetectedObject(str(c), float(s), g, out.resolved_task())
             for c, s, g in zip(cls, score, shapes, strict=True) if g is not None]
 
@@ -516,6 +564,15 @@ def compact_fact_text(f: Fact) -> str:
                     f" box {box}")
         if f.kind == "relation" and "unlisted" in d:
             return f"{d['unlisted']} more objects not listed"
+        if f.kind == "change_region":
+            size = re.search(r"region of ([^,]+),", f.text).group(1)
+            box = " ".join(str(v) for v in d["pixel_box_xyxy"])
+            return f"{d['object_id']} {d['class']} {size} {_QUAD_ABBR[d['quadrant']]} box {box}"
+        if f.kind == "change":
+            t = re.sub(r" \(acquired [^)]*\)| \(connected areas of changed pixels\)", "", f.text)
+            t = re.sub(r"in the ((?:north|south)-(?:west|east)) quarter", r"\1", t)
+            t = re.sub(r"\b(?:north|south)-(?:west|east)\b", lambda m: _QUAD_ABBR[m.group(0)], t)
+            return t.replace("by quarter: ", "").rstrip(".")
         if f.kind == "scene":
             return f"scene {d['class']}: {d['tiles']} of {d['of']} tiles" + (
                 f" ({m.group(1)}%)" if (m := re.search(r"\(([\d.]+)%\)", f.text)) else "")
@@ -536,7 +593,7 @@ class _Builder:
         return f
 
 
-def _area_text(km2: float) -> str:
+def area_text(km2: float) -> str:
     return f"{fmt_num(km2)} km²" if km2 >= 0.01 else f"{fmt_num(km2 * 1e6)} m²"
 
 
@@ -579,7 +636,7 @@ def build_fact_sheet(raster: str, outputs: list[PerceptionOutput] | None = None,
     parts = [f"Image {w} x {h} px", f"{info.band_count} band(s)"]
     if info.gsd_m:
         parts.append(f"GSD {fmt_num(info.gsd_m)} m/px")
-        parts.append(f"covering {_area_text(w * h * px_area_m2 / 1e6)}")
+        parts.append(f"covering {area_text(w * h * px_area_m2 / 1e6)}")
     else:
         parts.append("GSD unknown (no georeference): areas in pixels only")
     parts.append(f"CRS {info.crs}" if info.crs else "no CRS")
@@ -609,7 +666,7 @@ def build_fact_sheet(raster: str, outputs: list[PerceptionOutput] | None = None,
             name = display_class(names[k])
             share = 100.0 * per_class[k] / total
             present.add(norm_class(name))
-            area = f", {_area_text(per_class[k] * px_area_m2 / 1e6)}" if px_area_m2 else f", {int(per_class[k])} px"
+            area = f", {area_text(per_class[k] * px_area_m2 / 1e6)}" if px_area_m2 else f", {int(per_class[k])} px"
             qshare = counts[:, k] / max(1, per_class[k])
             q = int(np.argmax(qshare))
             spread = (f"mostly in the {QUADRANTS[q]} quarter ({fmt_num(100 * qshare[q])}% of it)"
@@ -632,9 +689,9 @@ def build_fact_sheet(raster: str, outputs: list[PerceptionOutput] | None = None,
     area_poly = shapely.box(*area_poly.bounds)
     for out in outputs:
         t = out.resolved_task()
-        if t == SEGMENTATION:
+        if t in (SEGMENTATION, CHANGE):
             continue
-        got = read_objects(out)
+        got = read_objects(out, info.crs)
         for c in out.classes or []:
             if t != SCENE:
                 known[norm_class(c)] = display_class(c)
@@ -667,6 +724,19 @@ def build_fact_sheet(raster: str, outputs: list[PerceptionOutput] | None = None,
         cx, cy = (px[0] + px[2]) / 2, (px[1] + px[3]) / 2
         return QUADRANTS[int(cy >= row0 + h / 2) * 2 + int(cx >= col0 + w / 2)]
 
+    # m² per square unit of the geometries (CRS units, or pixels when ungeoreferenced); None: GSD unknown
+    m2_per_unit2 = None
+    if info.gsd_m:
+        m2_per_unit2 = (info.gsd_m / abs(tf.a)) ** 2 if info.crs and info.crs_is_geographic else \
+            (1.0 if info.crs else info.gsd_m**2)
+    lonlat = _lonlat_transformer(info.crs)
+
+    def coord_text(c) -> str:
+        if not info.crs:
+            return f"centre pixel ({c.x:.0f}, {c.y:.0f})"
+        lonlat_txt = " (lon {:.5f}, lat {:.5f})".format(*lonlat(c.x, c.y)) if lonlat is not None else ""
+        return f"centre x={c.x:.1f}, y={c.y:.1f}{lonlat_txt}"
+
     kept = sorted([o for o in objs if o.score >= score_threshold], key=lambda o: -o.score)
     # distances: metres when georeferenced (assumes a projected CRS in metres or converts via GSD), else px
     dist_unit = "m" if info.gsd_m else "px"
@@ -696,11 +766,8 @@ def build_fact_sheet(raster: str, outputs: list[PerceptionOutput] | None = None,
             qcount = {q: qs.count(q) for q in QUADRANTS if qs.count(q)}
             where = ", ".join(f"{n} {q}" for q, n in qcount.items())
             extra = ""
-            if o_areas := [o.geometry.area for o in group if o.geometry.area > 0]:
-                if info.gsd_m:
-                    scale = (info.gsd_m / abs(tf.a)) ** 2 if info.crs and info.crs_is_geographic else \
-                        (1.0 if info.crs else info.gsd_m**2)
-                    extra = f"; footprint {_area_text(sum(o_areas) * scale / 1e6)} in total"
+            if (o_areas := [o.geometry.area for o in group if o.geometry.area > 0]) and m2_per_unit2:
+                extra = f"; footprint {area_text(sum(o_areas) * m2_per_unit2 / 1e6)} in total"
             b.add("count", f"{name}: {len(group)} detected (score >= {fmt_num(score_threshold)}); by quarter: "
                   f"{where}{extra}.", classes=[name],
                   data={"class": name, "count": len(group), "threshold": score_threshold, "quadrants": qcount})
@@ -709,7 +776,6 @@ def build_fact_sheet(raster: str, outputs: list[PerceptionOutput] | None = None,
             b.add("absent", f"0 detected (score >= {fmt_num(score_threshold)}): {', '.join(zero)}.", classes=zero,
                   data={"classes": zero, "count": 0})
         # top-N objects with boxes and coordinates
-        lonlat = _lonlat_transformer(info.crs)
         for i, o in enumerate(kept[:top_n]):
             px = to_px(o.geometry)
             c = o.geometry.centroid
@@ -720,16 +786,9 @@ def build_fact_sheet(raster: str, outputs: list[PerceptionOutput] | None = None,
                 j = kept.index(near)
                 near_txt = (f"; nearest object O{j + 1} ({display_class(near.cls)}) at "
                             f"{fmt_num(dist(o, near))} {dist_unit}")
-            if info.crs:
-                coord = f"centre x={c.x:.1f}, y={c.y:.1f}"
-                if lonlat is not None:
-                    lon, lat = lonlat(c.x, c.y)
-                    coord += f" (lon {lon:.5f}, lat {lat:.5f})"
-            else:
-                coord = f"centre pixel ({c.x:.0f}, {c.y:.0f})"
             box = [round(v) for v in px]
             name = display_class(o.cls)
-            b.add("object", f"O{i + 1}: {name}, score {o.score:.2f}, pixel box {box}, {coord}, "
+            b.add("object", f"O{i + 1}: {name}, score {o.score:.2f}, pixel box {box}, {coord_text(c)}, "
                   f"{quadrant(px)} quarter{near_txt}.", classes=[name],
                   data={"object_id": f"O{i + 1}", "class": name, "score": o.score, "pixel_box_xyxy": box,
                         "centre": [c.x, c.y], "quadrant": quadrant(px)},
@@ -738,7 +797,120 @@ def build_fact_sheet(raster: str, outputs: list[PerceptionOutput] | None = None,
             b.add("relation", f"{len(kept) - top_n} further objects are not listed one by one.",
                   data={"unlisted": len(kept) - top_n})
 
+    # --- change against a second image: the share/area from the change map, the regions from its polygons
+    area_km2 = w * h * px_area_m2 / 1e6 if px_area_m2 else None
+    for out in outputs:
+        if out.resolved_task() != CHANGE:
+            continue
+        other = _other_image_text(out)
+        if out.is_raster():
+            _change_share_facts(b, out, info, other, area_km2, known, present)
+            continue
+        regions = sorted((o for o in read_objects(out, info.crs)
+                          if area_poly.contains(o.geometry.centroid) and not _is_no_change(o.cls)),
+                         key=lambda o: -o.geometry.area)
+        for c in (out.classes or [])[1:]:
+            known[norm_class(c)] = display_class(c)
+        for o in regions:
+            known.setdefault(norm_class(o.cls), display_class(o.cls))
+            present.add(norm_class(o.cls))
+        if not regions:
+            b.add("change", f"No change regions against {other} in this area.", data={"regions": 0})
+            continue
+        qs = [quadrant(to_px(o.geometry)) for o in regions]
+        qcount = {q: qs.count(q) for q in QUADRANTS if qs.count(q)}
+        total = (f"; {area_text(sum(o.geometry.area for o in regions) * m2_per_unit2 / 1e6)} in total"
+                 if m2_per_unit2 else "")
+        names = sorted({display_class(o.cls) for o in regions})
+        b.add("change", f"{len(regions)} change regions against {other} (connected areas of changed pixels)"
+              f"{total}; by quarter: {', '.join(f'{n} {q}' for q, n in qcount.items())}.", classes=names,
+              data={"regions": len(regions), "quadrants": qcount})
+        for i, o in enumerate(regions[:top_n]):
+            px = to_px(o.geometry)
+            box = [round(v) for v in px]
+            size = area_text(o.geometry.area * m2_per_unit2 / 1e6) if m2_per_unit2 else \
+                f"{fmt_num(o.geometry.area)} px"
+            name = display_class(o.cls)
+            b.add("change_region", f"C{i + 1}: {name} region of {size}, pixel box {box}, "
+                  f"{coord_text(o.geometry.centroid)}, {quadrant(px)} quarter.", classes=[name],
+                  data={"object_id": f"C{i + 1}", "class": name, "score": None, "pixel_box_xyxy": box,
+                        "area_m2": float(o.geometry.area * m2_per_unit2) if m2_per_unit2 else None,
+                        "centre": [o.geometry.centroid.x, o.geometry.centroid.y], "quadrant": quadrant(px)},
+                  geometry=shapely.geometry.mapping(o.geometry))
+        if len(regions) > top_n:
+            b.add("relation", f"{len(regions) - top_n} further change regions are not listed one by one.",
+                  data={"unlisted_regions": len(regions) - top_n})
+
     return FactSheet(b.facts, known, present, score_threshold, info)
+
+
+def _is_no_change(name: str) -> bool:
+    """The unchanged class of a change map ("no change", "unchanged", "no_change")."""
+    return bool(re.fullmatch(r"(no[ _-]?change[ds]?|unchanged|not[ _-]changed|background)", name.strip(), re.I))
+
+
+def _raster_date(tags: dict[str, str]) -> str | None:
+    return next((tags[k] for k in ("ACQUISITIONDATETIME", "TIFFTAG_DATETIME", "DATE", "date", "acquisition_date")
+                 if k in tags), None)
+
+
+def _other_image_text(out: PerceptionOutput) -> str:
+    """``the later image b.tif (acquired 2025-06-01)``: the second image of a change map, as the facts name it."""
+    role = "later" if out.other_is_later else "earlier"
+    if not out.other_raster:
+        return f"the {role} image"
+    date = None
+    try:
+        import rasterio
+
+        with rasterio.open(out.other_raster) as src:
+            date = _raster_date(src.tags())
+    except Exception:  # the name alone is enough to tell the user which image it was
+        date = None
+    return f"the {role} image {Path(out.other_raster).name}" + (f" (acquired {date})" if date else "")
+
+
+def _change_share_facts(b: _Builder, out: PerceptionOutput, info: RasterInfo, other: str,
+                        area_km2: float | None, known: dict[str, str], present: set[str]) -> None:
+    """Changed share and area of the asked window, from a change map (class 0 = no change)."""
+    names, counts = segmentation_histograms(out, info)
+    total = int(counts.sum())
+    if total == 0:
+        b.add("change", f"The change map against {other} has no valid pixels in this area (the two images do "
+              "not overlap here).", data={"share_pct": None})
+        return
+    changed_idx = [k for k in range(len(names)) if k > 0 and not _is_no_change(names[k])]
+    for k in changed_idx:
+        known[norm_class(names[k])] = display_class(names[k])
+    per_class = counts.sum(0)
+    changed = int(per_class[changed_idx].sum()) if changed_idx else 0
+
+    def share_area(pixels: int) -> tuple[float, str]:
+        # the change map may lie on the other image's grid: areas from the share of this image's window
+        share = 100.0 * pixels / total
+        return share, (f", {area_text(share / 100 * area_km2)}" if area_km2 else "")
+
+    if changed == 0:
+        b.add("change", f"No change detected against {other}: 0% of the area changed.",
+              data={"share_pct": 0.0, "area_km2": 0.0 if area_km2 else None, "pixels": 0, "quadrant": None})
+        return
+    share, area = share_area(changed)
+    qshare = counts[:, changed_idx].sum(1) / changed
+    q = int(np.argmax(qshare))
+    spread = (f"mostly in the {QUADRANTS[q]} quarter ({fmt_num(100 * qshare[q])}% of it)" if qshare[q] >= 0.4
+              else "spread over all four quarters")
+    classes = [display_class(names[k]) for k in changed_idx if per_class[k] > 0]
+    present.update(norm_class(c) for c in classes)
+    b.add("change", f"Change against {other}: {fmt_num(share)}% of the area changed{area}; {spread}.",
+          classes=classes, data={"share_pct": share, "area_km2": share / 100 * area_km2 if area_km2 else None,
+                                 "pixels": changed, "quadrant": QUADRANTS[q] if qshare[q] >= 0.4 else None})
+    if len(changed_idx) > 1:  # a change model with several kinds of change (e.g. new / demolished)
+        for k in changed_idx:
+            if per_class[k]:
+                s, a = share_area(int(per_class[k]))
+                name = display_class(names[k])
+                b.add("change", f"Change of type {name}: {fmt_num(s)}% of the area{a}.", classes=[name],
+                      data={"class": name, "share_pct": s, "pixels": int(per_class[k])})
 
 
 def _lonlat_transformer(crs: str | None):

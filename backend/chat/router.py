@@ -5,6 +5,8 @@ Intents (keyword rules, CHAT_DESIGN §6.2 item 6):
 ==========  =========================================  ==========================================
 intent      triggers                                    answer
 ==========  =========================================  ==========================================
+change      "change", "changed", "new", "difference",   change facts against the second image
+            "appeared", "demolished", "since"           (share, area, regions C1.. and where)
 count       "how many", "number of", "count"            count facts of the class (or all classes)
 area        "area", "percent", "%", "share", "cover"    land-cover shares / km², object footprints
 presence    "is there", "are there", "any", "see"       yes (count) / no (0 at threshold) / can't tell
@@ -26,13 +28,16 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from backend.chat.facts import Fact, FactSheet, display_class, fmt_num, norm_class
+from backend.chat.facts import Fact, FactSheet, area_text, display_class, fmt_num, norm_class
 from backend.chat.lm import ChatBackend
 from backend.chat.verifier import Verification, class_vocabulary, mentioned_classes, verify
 
 MODES = ("auto", "template", "phrase", "free")
 
 _INTENTS: list[tuple[str, re.Pattern]] = [
+    # first: "how much changed?" / "how many new buildings?" are about the change map, not counts or land cover
+    ("change", re.compile(r"\b(chang(?:e|es|ed|ing)|differen(?:t|ce|ces)|new|appeared|disappeared|demolished|"
+                          r"removed|since|compared?)\b", re.I)),
     ("count", re.compile(r"\b(how many|number of|count|counts|how much .* objects)\b", re.I)),
     ("area", re.compile(r"\b(area|areas|percent|percentage|share|proportion|fraction|cover|covers|covered|"
                         r"coverage|km2|km²|hectares?|how much)\b|%", re.I)),
@@ -182,6 +187,8 @@ def _count_sentence(sheet: FactSheet, key: str) -> str:
 def template_answer(question: str, sheet: FactSheet, intent: str,
                     history: list[dict] | None = None) -> str:
     """Deterministic answer built only from facts (numbers copied from them, IDs cited)."""
+    if intent == "change":
+        return _change_answer(question, sheet)
     refs = question_classes(question, sheet)
     if not refs and history:  # follow-up ("and where are they?"): reuse the last question's classes
         for msg in reversed(history):
@@ -293,6 +300,66 @@ def template_answer(question: str, sheet: FactSheet, intent: str,
         scenes = sheet.by_kind("scene")[:1]
         if scenes:
             lines.append(f"The most common scene type is {scenes[0].data['class']}{_cite(scenes[0])}.")
+        if change := _changed_share_sentence(sheet):
+            lines.append(change)
+    return " ".join(lines)
+
+
+NO_CHANGE_MAP = ("I cannot tell what changed: no change map was computed for this image. Choose a second image "
+                 "of the same place to compare with (chat panel: 'Compare with'; API: compare_with) and ask again.")
+
+
+def _changed_share_sentence(sheet: FactSheet) -> str | None:
+    """``12.5% of the area changed, 0.01 km², mostly in the north-east quarter [F9].`` (None without a map)."""
+    f = next((f for f in sheet.by_kind("change") if "share_pct" in f.data and "class" not in f.data), None)
+    if f is None:
+        return None
+    d = f.data
+    if d["share_pct"] is None:
+        return f"The change map has no valid pixels in this area{_cite(f)}."
+    if d["share_pct"] == 0:
+        return f"Nothing changed in this area: 0% of it changed{_cite(f)}."
+    area = f", {area_text(d['area_km2'])}" if d.get("area_km2") else ""
+    where = f", mostly in the {d['quadrant']} quarter" if d.get("quadrant") else ", spread over the area"
+    return f"{fmt_num(d['share_pct'])}% of the area changed{area}{where}{_cite(f)}."
+
+
+def _change_answer(question: str, sheet: FactSheet) -> str:
+    """What changed against the second image: share and area, then the change regions (where asked, with boxes)."""
+    facts = sheet.by_kind("change")
+    if not facts:
+        return NO_CHANGE_MAP
+    lines = []
+    if share := _changed_share_sentence(sheet):
+        lines.append(share)
+    kinds = [f for f in facts if f.data.get("class")]
+    if kinds:
+        lines.append("By type of change: " + ", ".join(
+            f"{f.data['class']} {fmt_num(f.data['share_pct'])}%{_cite(f)}" for f in kinds) + ".")
+    regions = next((f for f in facts if "regions" in f.data), None)
+    if regions is not None:
+        n = regions.data["regions"]
+        if n == 0:
+            lines.append(f"No change regions were found in this area{_cite(regions)}.")
+        else:
+            lines.append(f"There {'is 1 change region' if n == 1 else f'are {n} change regions'}"
+                         f"{_cite(regions)}.")
+            where = bool(re.search(r"\b(where|locate|location|located|which part|show)\b", question, re.I))
+            listed = sheet.by_kind("change_region")[:5 if where else 3]
+            georef = bool(sheet.info and sheet.info.crs)
+
+            def region(f: Fact) -> str:
+                d = f.data
+                size = area_text(d["area_m2"] / 1e6) if d.get("area_m2") else ""
+                loc = f"{d['quadrant']} quarter"
+                if where:
+                    loc += f", pixel box {d['pixel_box_xyxy']}" + (
+                        f", centre x={d['centre'][0]:.1f}, y={d['centre'][1]:.1f}" if georef else "")
+                return f"{d['object_id']} ({', '.join(filter(None, (size, loc)))}){_cite(f)}"
+
+            if listed:
+                lines.append(("Largest first: " if not where else "They are at: ")
+                             + "; ".join(region(f) for f in listed) + ".")
     return " ".join(lines)
 
 
@@ -308,16 +375,19 @@ SYSTEM_PHRASE = (
 
 
 def _objects_for(sheet: FactSheet, cited: list[str]) -> list[dict]:
-    """Object facts cited directly, or through a cited count fact of their class."""
+    """Object and change-region facts cited directly, or through a cited count / region-count fact."""
     classes = set()
     ids = set(cited)
+    regions = False
     for fid in cited:
         f = sheet.by_id(fid)
         if f and f.kind == "count" and f.data.get("class"):
             classes.add(norm_class(f.data["class"]))
+        regions |= bool(f and f.kind == "change" and f.data.get("regions"))
     out = []
-    for f in sheet.by_kind("object"):
-        if f.id in ids or (f.classes and f.classes[0] in classes):
+    for f in sheet.facts:
+        if f.kind == "change_region" and (f.id in ids or regions) or f.kind == "object" and (
+                f.id in ids or (f.classes and f.classes[0] in classes)):
             d = f.data
             out.append({"id": d["object_id"], "fact": f.id, "class": d["class"], "score": d["score"],
                         "pixel_box_xyxy": d["pixel_box_xyxy"], "centre": d["centre"], "geometry": f.geometry})

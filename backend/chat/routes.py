@@ -15,6 +15,7 @@ Request body (ChatRequest)::
                  {"path": "/abs/det.gpkg", "task": "object_detection", "layer": "detections"}],
      "jobs": ["<id of a finished job>", ...],
      "models": {"semantic_segmentation": "<model id>", "object_detection": "<model id>"},
+     "compare_with": "/abs/other.tif", "compare_order": "later" | "earlier",
      "output_dir": "/abs/dir for model outputs (default: a temp dir)",
      "question": "How many ships?", "history": [{"role": "user"|"assistant", "content": "..."}],
      "backend": "template" | "builtin" | {"name": "openai", "base_url", "model", "api_key_env"}
@@ -24,6 +25,12 @@ Request body (ChatRequest)::
 ``outputs``, ``jobs`` and ``models`` may be combined; ``models`` runs the perception models through the
 backend's own job machinery (``backend.tasks.create_job`` + the app's ``JobManager``, so the runs appear in
 ``GET /api/v1/jobs`` and can be cancelled there) and caches their outputs per (raster, bbox, model).
+
+Change against a second image: ``compare_with`` is another raster of the same place, ``compare_order`` says
+whether it is the ``later`` (default) or the ``earlier`` image. The backend runs the change model named in
+``models["change_detection"]`` (default: the first installed change-detection model) on the pair and adds
+change facts (changed share, area, regions ``C1``..); a change output passed in ``outputs`` (task
+``change_detection``: the change GeoTIFF and/or its polygons) is used as it is.
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ log = logging.getLogger(__name__)
 
 _STR = {"type": "string"}
 BACKEND_NAMES = ("template", "none", "builtin", "openai", "hf_dir")  # what chat.lm.make_backend knows
+COMPARE_ORDERS = ("later", "earlier")
 CHAT_REQUEST = {"type": "object", "required": ["raster", "question"], "properties": {
     "raster": {"type": "string", "minLength": 1, "pattern": "^(/|[A-Za-z]:[\\\\/])[^\\u0000]*$",
                "description": "absolute path of the selected raster layer's file"},
@@ -59,6 +67,10 @@ CHAT_REQUEST = {"type": "object", "required": ["raster", "question"], "propertie
     "jobs": {"type": "array", "items": _STR},
     "models": {"type": "object", "additionalProperties": False,
                "properties": {t: {"type": "string", "minLength": 1, "description": "model id"} for t in TASKS}},
+    "compare_with": {"type": "string", "minLength": 1, "pattern": "^(/|[A-Za-z]:[\\\\/])[^\\u0000]*$",
+                     "description": "absolute path of a second image of the same place, for change facts"},
+    "compare_order": {"type": "string", "enum": list(COMPARE_ORDERS),
+                      "description": "whether compare_with is the later (default) or the earlier image"},
     "output_dir": {"type": "string", "pattern": "^(?![\\s\\S]*[\\\\/]\\.\\.([\\\\/]|$))(/|[A-Za-z]:[\\\\/])[^\\u0000]*$",
                    "description": "absolute folder for model outputs, no '..' (default: a temp dir)"},
     "history": {"type": "array", "items": {"type": "object", "required": ["role", "content"], "properties": {
@@ -153,6 +165,17 @@ def _parse(body: Any) -> dict[str, Any]:
     mt = body.get("max_tokens", 160)
     if isinstance(mt, bool) or not isinstance(mt, int) or not 1 <= mt <= 4096:
         raise BadRequestError(f"'max_tokens' must be an integer between 1 and 4096, got {mt!r}")
+    other = body.get("compare_with")
+    if other is not None and (not isinstance(other, str) or not _is_abs(other)):
+        raise BadRequestError("'compare_with' must be the absolute path of a second image of the same place")
+    if other is not None and Path(other) == Path(raster):
+        raise BadRequestError("'compare_with' is the asked raster itself; choose a different image of the same "
+                              "place to compare with")
+    if (order := body.get("compare_order", "later")) not in COMPARE_ORDERS:
+        raise BadRequestError(f"'compare_order' must be 'later' or 'earlier' (is compare_with the later or the "
+                              f"earlier image?), got {order!r}")
+    if "change_detection" in (body.get("models") or {}) and other is None:
+        raise BadRequestError("a change_detection model needs 'compare_with': the second image of the same place")
     out_dir = body.get("output_dir")
     if out_dir is not None and (not isinstance(out_dir, str) or not _is_abs(out_dir)
                                 or ".." in re.split(r"[\\/]", out_dir)):
@@ -161,21 +184,36 @@ def _parse(body: Any) -> dict[str, Any]:
     return body
 
 
-def _outputs_from_job(job: Any, app: Any) -> list[PerceptionOutput]:
-    """Perception outputs of a finished backend job (``result.outputs``), with the model's classes."""
+def _outputs_from_job(job: Any, app: Any, body_raster: str | None = None) -> list[PerceptionOutput]:
+    """Perception outputs of a finished backend job (``result.outputs``), with the model's classes.
+
+    ``body_raster`` is the raster asked about: for a change job, the other image of the pair is named in the
+    change facts."""
     classes = None
     try:
         classes = [c.name for c in app.models.get(job.model).config.classes]
     except Exception:  # the package may have been removed since; classes then come from the files
         classes = None
     outs = []
+    inputs = (job.request or {}).get("inputs") or {}
     for o in (job.result or {}).get("outputs", []):
         if job.task == "semantic_segmentation" and o.get("kind") != "raster":
             continue  # vectorised land cover duplicates the raster
-        if job.task != "semantic_segmentation" and o.get("kind") != "vector":
+        if job.task not in ("semantic_segmentation", "change_detection") and o.get("kind") != "vector":
             continue
-        outs.append(PerceptionOutput(o["path"], job.task, o.get("layer"), classes, job.model))
+        out = PerceptionOutput(o["path"], job.task, o.get("layer"), classes, job.model)
+        if job.task == "change_detection":  # the map (share, area) and its polygons (regions) both count
+            out.other_raster, out.other_is_later = _other_image(body_raster, inputs)
+        outs.append(out)
     return outs
+
+
+def _other_image(raster: str | None, inputs: dict[str, str]) -> tuple[str | None, bool]:
+    """(the image a change job compared ``raster`` with, whether that one is the later image)."""
+    before, after = inputs.get("raster"), inputs.get("raster_after")
+    if raster is not None and after is not None and Path(raster) == Path(after):
+        return before, False
+    return after, True
 
 
 def _collect_outputs(body: dict, app: Any, status: Any = None, cancel: threading.Event | None = None
@@ -186,16 +224,34 @@ def _collect_outputs(body: dict, app: Any, status: Any = None, cancel: threading
             raise BadRequestError("each entry of 'outputs' must be {\"path\": ..., \"task\": ...}")
         if o.get("task") is not None and o["task"] not in TASKS:
             raise BadRequestError(f"unknown task {o['task']!r} in outputs; use one of {', '.join(TASKS)}")
-        outs.append(PerceptionOutput(o["path"], o.get("task"), o.get("layer"), o.get("classes"), o.get("model")))
+        out = PerceptionOutput(o["path"], o.get("task"), o.get("layer"), o.get("classes"), o.get("model"))
+        if out.task == "change_detection":
+            out.other_raster = body.get("compare_with")
+            out.other_is_later = body.get("compare_order", "later") == "later"
+        outs.append(out)
     for jid in body.get("jobs") or []:
         job = app.jobs.get(jid)
         if job.state != "succeeded":
             raise RsfmError(f"job {jid} is {job.state}; wait until it has succeeded, or drop it from 'jobs'",
                             code="job_not_finished", http_status=409)
-        outs += _outputs_from_job(job, app)
-    if body.get("models"):
-        outs += _run_models(body, app, status, cancel)
+        outs += _outputs_from_job(job, app, body["raster"])
+    models = dict(body.get("models") or {})
+    if body.get("compare_with") and "change_detection" not in models and not any(
+            o.task == "change_detection" for o in outs):
+        models["change_detection"] = _default_change_model(app)
+    if models:
+        outs += _run_models({**body, "models": models}, app, status, cancel)
     return outs
+
+
+def _default_change_model(app: Any) -> str:
+    """The first installed change-detection model (by id), for a request with compare_with but no model."""
+    ids = sorted(e.id for e in app.models.list() if e.config.task == "change_detection")
+    if not ids:
+        raise RsfmError("no change-detection model is installed, so the chat cannot compare with a second image; "
+                        "install one (e.g. rsfm-levir-change-efflite0 from the model browser) or leave "
+                        "compare_with out", code="model_not_found", http_status=404)
+    return ids[0]
 
 
 def _run_models(body: dict, app: Any, status: Any, cancel: threading.Event | None) -> list[PerceptionOutput]:
@@ -213,14 +269,18 @@ def _run_models(body: dict, app: Any, status: Any, cancel: threading.Event | Non
     for task, model in body["models"].items():
         if task not in TASKS:
             raise BadRequestError(f"unknown task {task!r} in 'models'; use one of {', '.join(TASKS)}")
-        key = (_file_key(raster), tuple(bbox) if bbox else None, task, model)
+        inputs, job_bbox = {"raster": raster}, bbox
+        if task == "change_detection":
+            inputs, job_bbox = _change_pair(raster, body["compare_with"], body.get("compare_order", "later"), bbox)
+        key = (_file_key(raster), tuple(bbox) if bbox else None, task, model,
+               _file_key(inputs.get("raster_after", "")) if task == "change_detection" else None, inputs["raster"])
         with _CACHE_LOCK:
             cached = _MODEL_RUNS.get(key)
         if cached and all(Path(o.path).exists() for o in cached):
             result += cached
             continue
-        req = {"task": task, "model": model, "inputs": {"raster": raster},
-               "output_dir": str(Path(out_root) / task), "options": {"bbox": bbox} if bbox else {}}
+        req = {"task": task, "model": model, "inputs": inputs,
+               "output_dir": str(Path(out_root) / task), "options": {"bbox": job_bbox} if job_bbox else {}}
         job = create_job(app, req)  # validates the model first, then creates output_dir (check_output_dir)
         app.jobs.submit(job)
         pending.append((key, job))
@@ -236,11 +296,34 @@ def _run_models(body: dict, app: Any, status: Any, cancel: threading.Event | Non
             err = (job.error or {}).get("message", job.state)
             raise RsfmError(f"the {job.task} job with model {job.model} did not succeed: {err}",
                             code="perception_failed", http_status=422)
-        outs = _outputs_from_job(job, app)
+        outs = _outputs_from_job(job, app, raster)
         with _CACHE_LOCK:
             _MODEL_RUNS[key] = outs
         result += outs
     return result
+
+
+def _change_pair(raster: str, other: str, order: str, bbox: list[float] | None
+                 ) -> tuple[dict[str, str], list[float] | None]:
+    """Inputs of the change job for ``raster`` vs ``other`` and its bbox in the earlier image's CRS.
+
+    A change job runs on the earlier image's grid; when that is ``other`` in another CRS, the asked bbox
+    (in ``raster``'s CRS) is reprojected to it."""
+    if order == "later":
+        return {"raster": raster, "raster_after": other}, bbox
+    inputs = {"raster": other, "raster_after": raster}
+    if bbox is None:
+        return inputs, None
+    import rasterio
+    from rasterio.warp import transform_bounds
+
+    try:
+        with rasterio.open(raster) as a, rasterio.open(other) as b:
+            if a.crs and b.crs and a.crs != b.crs:
+                bbox = list(transform_bounds(a.crs, b.crs, *bbox))
+    except rasterio.errors.RasterioIOError as e:
+        raise FactSheetError(f"cannot open {e}; check the asked raster and compare_with") from e
+    return inputs, bbox
 
 
 def get_sheet(body: dict, app: Any, status: Any = None, cancel: threading.Event | None = None) -> FactSheet:
@@ -248,7 +331,8 @@ def get_sheet(body: dict, app: Any, status: Any = None, cancel: threading.Event 
     outs = _collect_outputs(body, app, status, cancel)
     thr = float(body.get("score_threshold", 0.3))
     key = (_file_key(body["raster"]), tuple(body["bbox"]) if body.get("bbox") else None, thr,
-           tuple((_file_key(o.path), o.task, o.layer, tuple(o.classes or ())) for o in outs))
+           tuple((_file_key(o.path), o.task, o.layer, tuple(o.classes or ()), o.other_raster, o.other_is_later)
+                 for o in outs))
     with _CACHE_LOCK:
         if key in _SHEETS:
             _SHEETS.move_to_end(key)

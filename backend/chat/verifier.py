@@ -2,9 +2,11 @@
 
 The answer is split into sentences; a sentence is *unsupported* when it
 
-* cites a fact ID that does not exist (``[F99]``) or an object ID not in the sheet (``O42``);
+* cites a fact ID that does not exist (``[F99]``) or an object / change-region ID not in the sheet (``O42``,
+  ``C7``);
 * states a number that equals no number of the fact sheet (after rounding to the answer's own precision,
-  so "about 12%" matches 12.3 %) or of the user's question (count words "two".."twenty" count too);
+  so "about 12%" matches 12.3 %) or of the user's question (count words "two".."twenty" count too), or a
+  date that no (cited) fact states;
 * claims the presence of a class that the sheet does not list as present (a hallucinated class) —
   a sentence that negates it ("no ships were detected") is fine;
 * for free-form LM text (``require_citation``): cites no fact, or cites facts but states none of their
@@ -19,7 +21,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from backend.chat.facts import FactSheet, norm_class
+from backend.chat.facts import DATE_PATTERN, ID_PATTERN, FactSheet, dates_in, norm_class
 
 # Object / land-cover words a small LM tends to invent. Any of these in an answer must be backed by the
 # sheet (or negated). The sheet's own known classes are added at run time.
@@ -84,7 +86,8 @@ _NUM = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?(?![\w])")
 
 def extract_numbers(sentence: str) -> list[tuple[float, int]]:
     """``(value, decimals)`` for each number written in digits, skipping fact/object IDs and EPSG codes."""
-    s = re.sub(r"\[?\b[FO]\d+\]?", " ", sentence)
+    s = re.sub(ID_PATTERN, " ", sentence)
+    s = re.sub(DATE_PATTERN, " ", s)
     s = re.sub(r"EPSG:\d+", " ", s)
     out = []
     for m in _NUM.finditer(s):
@@ -137,6 +140,7 @@ def mentioned_classes(text: str, vocab: dict[str, str]) -> list[tuple[str, str]]
     return found
 
 
+_OBJECT_ID = r"\b([OC]\d+)\b"  # objects O3 and change regions C2
 _COUNT_CLAIM = re.compile(r"(?<![\d.,])\b(\d+|" + "|".join(WORD_NUMBERS) + r"|no)\s+((?:[a-z]+[ _-]){0,2}[a-z]+)", re.I)
 
 
@@ -150,7 +154,7 @@ def _count_claims(sentence: str, sheet: FactSheet, vocab: dict[str, str]) -> lis
             for c in f.classes:
                 counts.setdefault(c, 0)
     out = []
-    for m in _COUNT_CLAIM.finditer(re.sub(r"\[?\b[FO]\d+\]?", " ", sentence)):
+    for m in _COUNT_CLAIM.finditer(re.sub(ID_PATTERN, " ", sentence)):
         num, words = m.group(1).lower(), m.group(2).lower()
         n = 0 if num == "no" else WORD_NUMBERS.get(num, None)
         if n is None:
@@ -174,7 +178,7 @@ def states_cited(sentence: str, cited: list, vocab: dict[str, str]) -> bool:
     if any(cls in classes for _, cls in mentioned_classes(sentence, vocab)):
         return True
     ids = {str(f.data.get("object_id")) for f in cited if f.data.get("object_id")}
-    return any(oid in ids for oid in re.findall(r"\b(O\d+)\b", sentence))
+    return any(oid in ids for oid in re.findall(_OBJECT_ID, sentence))
 
 
 def verify(answer: str, sheet: FactSheet, *, question: str = "", mode: str = "remove",
@@ -197,7 +201,7 @@ def verify(answer: str, sheet: FactSheet, *, question: str = "", mode: str = "re
         raise ValueError(f"mode must be 'remove' or 'flag', got {mode!r}")
     q_values = [v for v, _ in extract_numbers(question)]
     allowed = sheet.all_values() + q_values
-    object_ids = {f.data["object_id"] for f in sheet.by_kind("object") if "object_id" in f.data}
+    object_ids = {f.data["object_id"] for f in sheet.facts if "object_id" in f.data}
     vocab = class_vocabulary(sheet)
     present = set(sheet.present_classes)
     kept: list[str] = []
@@ -207,7 +211,7 @@ def verify(answer: str, sheet: FactSheet, *, question: str = "", mode: str = "re
         for fid in re.findall(r"\[?\b(F\d+)\]?", sent):
             if sheet.by_id(fid) is None:
                 reasons.append(f"cites {fid}, which is not in the fact sheet")
-        for oid in re.findall(r"\b(O\d+)\b", sent):
+        for oid in re.findall(_OBJECT_ID, sent):
             if oid not in object_ids:
                 reasons.append(f"mentions object {oid}, which is not in the fact sheet")
         cited_here = [f for f in (sheet.by_id(x) for x in re.findall(r"\[?\b(F\d+)\]?", sent)) if f]
@@ -220,6 +224,9 @@ def verify(answer: str, sheet: FactSheet, *, question: str = "", mode: str = "re
             else:
                 where = f" cited ({', '.join(f.id for f in cited_here)})" if cited_here else ""
                 reasons.append(f"the number {v:g} is not in the{where} facts")
+        known_dates = {d for f in (cited_here or sheet.facts) for d in dates_in(f.text)}
+        reasons += [f"the date {d[:4]}-{d[4:6]}-{d[6:]} is not in the{' cited' if cited_here else ''} facts"
+                    for d in dates_in(sent) if d not in known_dates]
         if require_citation and not cited_here:
             reasons.append("cites no fact")
         # a citation with a bare number ("[F4] 1.") passes every check above but states nothing

@@ -13,6 +13,13 @@ layer metadata key ``classes``):
   * 3 ships in the water (two north-west, one south-west), scores 0.95, 0.90, 0.80
   * 2 vehicles north-east, scores 0.85, 0.70; plus 1 vehicle at score 0.10 (below the 0.3 threshold)
   * airplane: none
+
+Change against a later image ``raster_later.tif`` (same grid, acquired 2025-06-01): ``change.tif`` (class 0 "no
+change", 1 "change", names in band-1 tags CLASS_<i> as ``backend.outputs`` writes them) and its polygons
+``change_polygons.gpkg`` (layer ``changes``, fields class_id, class_name, area_m2):
+  * region A  cols 150-199, rows 0-19   1,000 px = 4,000 m²  (north-east)
+  * region B  cols 10-29,   rows 80-89    200 px =   800 m²  (south-west)
+  → 1,200 of 20,000 px changed = 6 % = 4,800 m², 83.3 % of it in the north-east quarter.
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ ORIGIN_X, ORIGIN_Y, RES_M = 500000.0, 2800000.0, 2.0
 WIDTH, HEIGHT = 200, 100
 SEG_CLASSES = ["background", "water", "building", "vegetation", "road"]
 DET_CLASSES = ["ship", "vehicle", "airplane"]
+CHANGE_CLASSES = ["no change", "change"]
+CHANGE_REGIONS = [(150, 0, 200, 20), (10, 80, 30, 90)]  # pixel boxes (x0, y0, x1, y1), largest first
 # class, score, pixel box (x0, y0, x1, y1)
 OBJECTS = [
     ("ship", 0.95, (10, 10, 20, 30)),
@@ -46,7 +55,8 @@ def px_to_map(c: float, r: float) -> tuple[float, float]:
 
 
 def make_fixture(root: Path) -> dict[str, str]:
-    """Write raster.tif, landcover.tif (+ .qml), detections.gpkg under ``root``; return their paths."""
+    """Write raster.tif, landcover.tif (+ .qml), detections.gpkg and the change pair (raster_later.tif,
+    change.tif, change_polygons.gpkg) under ``root``; return their paths."""
     import pyogrio
     import rasterio
     import shapely
@@ -88,7 +98,33 @@ def make_fixture(root: Path) -> dict[str, str]:
                       [np.array(cls, dtype=object), np.array(score, dtype=np.float64)],
                       ["class_name", "score"], layer="detections", driver="GPKG", geometry_type="Polygon",
                       crs="EPSG:32640", layer_metadata={"classes": json.dumps(DET_CLASSES)})
-    return {"raster": str(raster), "landcover": str(lc), "detections": str(det)}
+    later = root / "raster_later.tif"
+    with rasterio.open(later, "w", driver="GTiff", width=WIDTH, height=HEIGHT, count=3, dtype="uint8",
+                       crs=crs, transform=tf) as dst:
+        changed = img.copy()
+        for x0, y0, x1, y1 in CHANGE_REGIONS:
+            changed[:, y0:y1, x0:x1] = 255 - changed[:, y0:y1, x0:x1]
+        dst.write(changed)
+        dst.update_tags(TIFFTAG_DATETIME="2025:06:01 10:00:00")
+    cmap = np.zeros((HEIGHT, WIDTH), np.uint8)
+    for x0, y0, x1, y1 in CHANGE_REGIONS:
+        cmap[y0:y1, x0:x1] = 1
+    change = root / "change.tif"
+    with rasterio.open(change, "w", driver="GTiff", width=WIDTH, height=HEIGHT, count=1, dtype="uint8", crs=crs,
+                       transform=tf, nodata=255) as dst:
+        dst.write(cmap, 1)
+        dst.update_tags(1, **{f"CLASS_{i}": n for i, n in enumerate(CHANGE_CLASSES)})
+    polys = []
+    for x0, y0, x1, y1 in CHANGE_REGIONS:
+        (mx0, my0), (mx1, my1) = px_to_map(x0, y1), px_to_map(x1, y0)
+        polys.append(shapely.box(mx0, my0, mx1, my1))
+    cpoly = root / "change_polygons.gpkg"
+    pyogrio.raw.write(str(cpoly), np.array([shapely.to_wkb(p) for p in polys], dtype=object),
+                      [np.ones(len(polys), np.int32), np.array(["change"] * len(polys), dtype=object),
+                       np.array([p.area for p in polys])], ["class_id", "class_name", "area_m2"], layer="changes",
+                      driver="GPKG", geometry_type="Polygon", crs="EPSG:32640")
+    return {"raster": str(raster), "landcover": str(lc), "detections": str(det), "raster_later": str(later),
+            "change": str(change), "change_polygons": str(cpoly)}
 
 
 @contextmanager

@@ -82,8 +82,29 @@ def test_chat_facts_endpoint(server, chat_fixture):
     assert status == 200 and "[F1]" in out["fact_text"]
 
 
+def test_chat_about_change_against_a_second_image(server, chat_fixture):
+    fx = chat_fixture
+    req = {"raster": fx["raster"], "question": "What changed?", "compare_with": fx["raster_later"],
+           "outputs": [{"path": fx["change"], "task": "change_detection"},
+                       {"path": fx["change_polygons"], "task": "change_detection", "layer": "changes"}]}
+    status, out = call(server, "POST", "/api/v1/chat", req)
+    assert status == 200, out
+    a = out["answer"]
+    assert a["intent"] == "change" and a["verification"]["ok"] and a["text"].startswith("6% of the area changed")
+    assert [o["id"] for o in a["objects"]] == ["C1", "C2"] and a["objects"][0]["geometry"]["type"] == "Polygon"
+    assert "the later image raster_later.tif" in out["fact_text"]
+    # the same map read as the earlier image's comparison
+    status, out = call(server, "POST", "/api/v1/chat/facts", {**req, "compare_order": "earlier"})
+    assert status == 200 and "the earlier image raster_later.tif" in out["fact_text"]
+
+
 @pytest.mark.parametrize("bad,code,status", [
     ({"question": "x"}, "bad_request", 400),
+    ({"raster": "RASTER", "question": "x", "compare_with": "RASTER"}, "bad_request", 400),
+    ({"raster": "RASTER", "question": "x", "compare_with": "relative.tif"}, "bad_request", 400),
+    ({"raster": "RASTER", "question": "x", "compare_with": "/tmp/b.tif", "compare_order": "tomorrow"},
+     "bad_request", 400),
+    ({"raster": "RASTER", "question": "x", "models": {"change_detection": "m"}}, "bad_request", 400),
     ({"raster": "/nope/missing.tif", "question": "How many ships?"}, "bad_chat_input", 400),
     ({"raster": "RASTER", "question": "x", "mode": "poetry"}, "bad_request", 400),
     ({"raster": "RASTER", "question": "x", "backend": "gpt-9"}, "bad_request", 400),
@@ -127,7 +148,9 @@ def model_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("chatmodels")
     seg = build_fixture_package("semantic_segmentation", root / "models" / "seg")
     det = build_fixture_package("object_detection", root / "models" / "det")
+    build_fixture_package("change_detection", root / "models" / "change")
     raster = write_fixture_raster(root / "rgb.tif")
+    write_fixture_raster(root / "rgb_later.tif", seed=7)
     token = secrets.token_hex(16)
     app = App(Settings.resolve({"models_dir": [str(root / "models")]}, env={}), token)
     srv, _ = serve_in_thread(app)
@@ -147,6 +170,7 @@ def test_chat_runs_models_through_the_job_queue(model_server):
     status, out = call(server, "POST", "/api/v1/chat", req, timeout=600)
     assert status == 200, out
     _, jobs = call(server, "GET", "/api/v1/jobs")
+    jobs["jobs"] = [j for j in jobs["jobs"] if j["task"] != "change_detection"]  # the change test's, if it ran first
     assert sorted(j["task"] for j in jobs["jobs"]) == ["object_detection", "semantic_segmentation"]
     assert all(j["state"] == "succeeded" for j in jobs["jobs"])
     facts = out["facts"]["facts"]
@@ -159,5 +183,30 @@ def test_chat_runs_models_through_the_job_queue(model_server):
     assert det_names <= set(out["facts"]["known_classes"])
     assert out["answer"]["verification"]["ok"]
     # a follow-up question reuses the outputs: no new jobs
+    n_jobs = len(call(server, "GET", "/api/v1/jobs")[1]["jobs"])
     status, out2 = call(server, "POST", "/api/v1/chat", {**req, "question": "How many objects are there?"})
-    assert status == 200 and len(call(server, "GET", "/api/v1/jobs")[1]["jobs"]) == 2
+    assert status == 200 and len(call(server, "GET", "/api/v1/jobs")[1]["jobs"]) == n_jobs
+
+
+@pytest.mark.slow
+def test_compare_with_runs_the_default_change_model(model_server):
+    """compare_with alone: the backend runs its change model on the pair (as a job) and answers from the map."""
+    server, raster, root, _, _ = model_server
+    later = str(root / "rgb_later.tif")
+    req = {"raster": raster, "question": "How much changed?", "compare_with": later,
+           "output_dir": str(root / "out_change")}
+    status, out = call(server, "POST", "/api/v1/chat", req, timeout=600)
+    assert status == 200, out
+    changes = [j for j in call(server, "GET", "/api/v1/jobs")[1]["jobs"] if j["task"] == "change_detection"]
+    assert len(changes) == 1 and changes[0]["state"] == "succeeded"
+    assert changes[0]["request"]["inputs"] == {"raster": raster, "raster_after": later}
+    a = out["answer"]
+    assert a["intent"] == "change" and a["verification"]["ok"] and a["cited"]
+    share = next(f for f in out["facts"]["facts"] if f["kind"] == "change" and "share_pct" in f["data"])
+    assert 0 <= share["data"]["share_pct"] <= 100 and "the later image rgb_later.tif" in share["text"]
+    # the asked raster as the LATER image: the job runs the other way round, the facts say "earlier image"
+    status, out = call(server, "POST", "/api/v1/chat", {**req, "compare_order": "earlier"}, timeout=600)
+    assert status == 200, out
+    changes = [j for j in call(server, "GET", "/api/v1/jobs")[1]["jobs"] if j["task"] == "change_detection"]
+    assert len(changes) == 2 and {"raster": later, "raster_after": raster} in [j["request"]["inputs"] for j in changes]
+    assert "the earlier image rgb_later.tif" in out["fact_text"]

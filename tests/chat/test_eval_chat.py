@@ -311,3 +311,37 @@ def test_cached_only_needs_labels_and_loads_nothing():
     (s,) = eval_chat.load_lm_systems(["soft:/nonexistent/projector"], ["soft-projector"], load=False)
     assert s.label == "soft-projector" and s.backend_for(Path("x.jpg")) is None
     assert s.describe()["cached_only"] is True
+
+
+def test_change_eval_gt_map_is_exact_and_model_runs(tmp_path, monkeypatch):
+    """eval_chat_change on one synthetic LEVIR-style pair: the true mask's share and regions come back exactly,
+    and the model system runs a (fixture) change model through the API."""
+    import eval_chat_change
+    import numpy as np
+    from make_fixtures import build_fixture_package
+    from PIL import Image
+
+    data = tmp_path / "levir"
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    b = a.copy()
+    label = np.zeros((64, 64), np.uint8)
+    label[4:20, 4:24] = 255  # 320 px
+    label[40:50, 40:60] = 255  # 200 px: 520 / 4096 = 12.7 %, 2 regions
+    b[label > 0] = 255 - b[label > 0]
+    for sub, img in (("A", a), ("B", b), ("label", label)):
+        (data / sub).mkdir(parents=True)
+        Image.fromarray(img).save(data / sub / "test_1_0000_0000.png")
+    build_fixture_package("change_detection", tmp_path / "models" / "change")
+    out = tmp_path / "res.json"
+    monkeypatch.setattr(sys, "argv", ["eval_chat_change.py", "--data", str(data), "--models-dir",
+                                      str(tmp_path / "models"), "--out", str(out)])
+    assert eval_chat_change.main() == 0
+    res = json.loads(out.read_text())
+    pair = res["pairs"][0]
+    assert pair["truth"] == {"share_pct": pytest.approx(100 * 520 / 4096), "regions": 2, "pixels": 520}
+    assert pair["gt_map"]["stated_share_pct"] == pytest.approx(12.7) and pair["gt_map"]["fact_regions"] == 2
+    g = res["summary"]["gt_map"]
+    assert g["verified"] == g["answers"] == g["routed_to_change"] == 2 and g["regions_exact"] == 1
+    assert pair["gt_map"]["where"]["drawn"] == ["C1", "C2"]
+    assert res["summary"]["model"]["routed_to_change"] == 2 and pair["model"]["fact_share_pct"] is not None
