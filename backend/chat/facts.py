@@ -293,15 +293,18 @@ def _qml_labels(tif: Path) -> dict[int, str]:
             if e.get("label") and e.get("value", "").lstrip("-").isdigit()}
 
 
-def segmentation_histograms(out: PerceptionOutput, info: RasterInfo, chunk_rows: int = 512
+def segmentation_histograms(out: PerceptionOutput, info: RasterInfo, chunk_rows: int = 512, aoi: Any = None
                             ) -> tuple[list[str], np.ndarray]:
-    """Pixel counts per class per quadrant of the asked window.
+    """Pixel counts per class per quadrant of the asked window (only pixels inside ``aoi`` when given: a
+    shapely polygon in the raster's CRS; pixel-centre rule, rasterised chunk by chunk).
 
     Returns:
         (class_names, counts) with ``counts`` of shape ``4 x K`` (quadrants NW, NE, SW, SE), int64.
         Read in row chunks so memory stays bounded for big rasters.
     """
     import rasterio
+    from affine import Affine
+    from rasterio.crs import CRS
     from rasterio.windows import Window
 
     path = Path(out.path)
@@ -313,8 +316,6 @@ def segmentation_histograms(out: PerceptionOutput, info: RasterInfo, chunk_rows:
         if georef:
             # the output may cover only the job's bbox, and a change map lies on the earlier image's grid
             # (maybe another CRS): locate the asked area in the output's own grid
-            from affine import Affine
-            from rasterio.crs import CRS
             from rasterio.warp import transform_bounds
             from rasterio.windows import from_bounds
 
@@ -350,6 +351,17 @@ def segmentation_histograms(out: PerceptionOutput, info: RasterInfo, chunk_rows:
         nodata = src.nodata
         col0, row0, w, h = window
         mid_c, mid_r = col0 + w // 2, row0 + h // 2
+        aoi_px = None
+        if aoi is not None:
+            from backend.aoi import mask_window, to_pixels
+
+            if georef and CRS.from_string(info.crs) != src.crs:
+                import shapely
+                from rasterio.warp import transform_geom
+
+                aoi = shapely.geometry.shape(transform_geom(CRS.from_string(info.crs), src.crs,
+                                                            shapely.geometry.mapping(aoi)))
+            aoi_px = to_pixels(aoi, src.transform if georef else Affine(*info.transform))
         hist: list[np.ndarray] = [np.zeros(0, np.int64) for _ in range(4)]
         for r in range(row0, row0 + h, chunk_rows):
             rows = min(chunk_rows, row0 + h - r)
@@ -358,6 +370,8 @@ def segmentation_histograms(out: PerceptionOutput, info: RasterInfo, chunk_rows:
             cc = np.arange(col0, col0 + w)[None, :]
             quad = (rr >= mid_r).astype(np.int64) * 2 + (cc >= mid_c)
             valid = np.ones_like(a, bool) if nodata is None else a != nodata
+            if aoi_px is not None:
+                valid &= mask_window(aoi_px, col0, r, rows, w)
             for q in range(4):
                 sel = a[valid & (quad == q)].astype(np.int64)
                 b = np.bincount(sel, minlength=len(hist[q]))
@@ -600,13 +614,15 @@ def area_text(km2: float) -> str:
 def build_fact_sheet(raster: str, outputs: list[PerceptionOutput] | None = None, *, bbox: list[float] | None = None,
                      score_threshold: float = 0.3, top_n: int = 10, gsd_m: float | None = None,
                      objects: list[DetectedObject] | None = None, object_classes: list[str] | None = None,
-                     ) -> FactSheet:
-    """Build the fact sheet of ``raster`` (restricted to ``bbox``) from perception outputs.
+                     aoi: Any = None) -> FactSheet:
+    """Build the fact sheet of ``raster`` (restricted to ``bbox`` or ``aoi``) from perception outputs.
 
     Args:
         raster: path of the source raster.
         outputs: perception output files (see module docstring).
         bbox: ``[minx, miny, maxx, maxy]`` in the raster CRS, or None for the whole raster.
+        aoi: a shapely (Multi)Polygon in the raster CRS (e.g. the selected polygons): shares, areas, objects
+            and changes are counted inside it only (objects by their centre); replaces ``bbox``.
         score_threshold: objects with ``score < score_threshold`` are ignored (stated in the facts).
         top_n: how many objects get their own fact (highest score first).
         gsd_m: overrides the GSD derived from the geotransform (needed for ungeoreferenced images).
@@ -622,6 +638,8 @@ def build_fact_sheet(raster: str, outputs: list[PerceptionOutput] | None = None,
     import shapely
     from affine import Affine
 
+    if aoi is not None:
+        bbox = list(aoi.bounds)
     info = read_raster_info(raster, bbox, gsd_m)
     outputs = outputs or []
     b = _Builder()
@@ -631,6 +649,18 @@ def build_fact_sheet(raster: str, outputs: list[PerceptionOutput] | None = None,
     tf = Affine(*info.transform)
     inv = ~tf
     px_area_m2 = info.gsd_m**2 if info.gsd_m else None
+    # m² per square unit of the geometries (CRS units, or pixels when ungeoreferenced); None: GSD unknown
+    m2_per_unit2 = None
+    if info.gsd_m:
+        m2_per_unit2 = (info.gsd_m / abs(tf.a)) ** 2 if info.crs and info.crs_is_geographic else \
+            (1.0 if info.crs else info.gsd_m**2)
+    area_poly = shapely.box(*(tf @ (col0, row0 + h)), *(tf @ (col0 + w, row0))) if info.crs else \
+        shapely.box(col0, row0, col0 + w, row0 + h)
+    area_poly = shapely.box(*area_poly.bounds)
+    asked_km2 = w * h * px_area_m2 / 1e6 if px_area_m2 else None
+    if aoi is not None:
+        area_poly = aoi.intersection(area_poly)
+        asked_km2 = area_poly.area * m2_per_unit2 / 1e6 if m2_per_unit2 else None
 
     # --- metadata
     parts = [f"Image {w} x {h} px", f"{info.band_count} band(s)"]
@@ -639,6 +669,8 @@ def build_fact_sheet(raster: str, outputs: list[PerceptionOutput] | None = None,
         parts.append(f"covering {area_text(w * h * px_area_m2 / 1e6)}")
     else:
         parts.append("GSD unknown (no georeference): areas in pixels only")
+    if aoi is not None:
+        parts.append("only inside the selected polygons" + (f", {area_text(asked_km2)}" if asked_km2 else ""))
     parts.append(f"CRS {info.crs}" if info.crs else "no CRS")
     if info.date:
         parts.append(f"acquired {info.date}")
@@ -652,7 +684,7 @@ def build_fact_sheet(raster: str, outputs: list[PerceptionOutput] | None = None,
     for out in outputs:
         if out.resolved_task() != SEGMENTATION:
             continue
-        names, counts = segmentation_histograms(out, info)
+        names, counts = segmentation_histograms(out, info, aoi=aoi)
         total = counts.sum()
         if total == 0:
             b.add("landcover", "The land-cover map has no valid pixels in this area.")
@@ -684,9 +716,6 @@ def build_fact_sheet(raster: str, outputs: list[PerceptionOutput] | None = None,
     for c in object_classes or []:
         known[norm_class(c)] = display_class(c)
     scene: list[DetectedObject] = []
-    area_poly = shapely.box(*(tf @ (col0, row0 + h)), *(tf @ (col0 + w, row0))) if info.crs else \
-        shapely.box(col0, row0, col0 + w, row0 + h)
-    area_poly = shapely.box(*area_poly.bounds)
     for out in outputs:
         t = out.resolved_task()
         if t in (SEGMENTATION, CHANGE):
@@ -724,11 +753,6 @@ def build_fact_sheet(raster: str, outputs: list[PerceptionOutput] | None = None,
         cx, cy = (px[0] + px[2]) / 2, (px[1] + px[3]) / 2
         return QUADRANTS[int(cy >= row0 + h / 2) * 2 + int(cx >= col0 + w / 2)]
 
-    # m² per square unit of the geometries (CRS units, or pixels when ungeoreferenced); None: GSD unknown
-    m2_per_unit2 = None
-    if info.gsd_m:
-        m2_per_unit2 = (info.gsd_m / abs(tf.a)) ** 2 if info.crs and info.crs_is_geographic else \
-            (1.0 if info.crs else info.gsd_m**2)
     lonlat = _lonlat_transformer(info.crs)
 
     def coord_text(c) -> str:
@@ -798,13 +822,12 @@ def build_fact_sheet(raster: str, outputs: list[PerceptionOutput] | None = None,
                   data={"unlisted": len(kept) - top_n})
 
     # --- change against a second image: the share/area from the change map, the regions from its polygons
-    area_km2 = w * h * px_area_m2 / 1e6 if px_area_m2 else None
     for out in outputs:
         if out.resolved_task() != CHANGE:
             continue
         other = _other_image_text(out)
         if out.is_raster():
-            _change_share_facts(b, out, info, other, area_km2, known, present)
+            _change_share_facts(b, out, info, other, asked_km2, known, present, aoi)
             continue
         regions = sorted((o for o in read_objects(out, info.crs)
                           if area_poly.contains(o.geometry.centroid) and not _is_no_change(o.cls)),
@@ -871,9 +894,9 @@ def _other_image_text(out: PerceptionOutput) -> str:
 
 
 def _change_share_facts(b: _Builder, out: PerceptionOutput, info: RasterInfo, other: str,
-                        area_km2: float | None, known: dict[str, str], present: set[str]) -> None:
-    """Changed share and area of the asked window, from a change map (class 0 = no change)."""
-    names, counts = segmentation_histograms(out, info)
+                        area_km2: float | None, known: dict[str, str], present: set[str], aoi: Any = None) -> None:
+    """Changed share and area of the asked area (``area_km2``), from a change map (class 0 = no change)."""
+    names, counts = segmentation_histograms(out, info, aoi=aoi)
     total = int(counts.sum())
     if total == 0:
         b.add("change", f"The change map against {other} has no valid pixels in this area (the two images do "
@@ -886,7 +909,7 @@ def _change_share_facts(b: _Builder, out: PerceptionOutput, info: RasterInfo, ot
     changed = int(per_class[changed_idx].sum()) if changed_idx else 0
 
     def share_area(pixels: int) -> tuple[float, str]:
-        # the change map may lie on the other image's grid: areas from the share of this image's window
+        # the change map may lie on the other image's grid: areas from the share of the asked area
         share = 100.0 * pixels / total
         return share, (f", {area_text(share / 100 * area_km2)}" if area_km2 else "")
 

@@ -10,7 +10,7 @@
 
 Request body (ChatRequest)::
 
-    {"raster": "/abs/in.tif", "bbox": [minx, miny, maxx, maxy] | null,
+    {"raster": "/abs/in.tif", "bbox": [minx, miny, maxx, maxy] | null, "aoi": GeoJSON polygons | null,
      "outputs": [{"path": "/abs/landcover.tif", "task": "semantic_segmentation", "classes": [...]},
                  {"path": "/abs/det.gpkg", "task": "object_detection", "layer": "detections"}],
      "jobs": ["<id of a finished job>", ...],
@@ -21,6 +21,10 @@ Request body (ChatRequest)::
      "backend": "template" | "builtin" | {"name": "openai", "base_url", "model", "api_key_env"}
                 | {"name": "hf_dir", "path"},
      "mode": "auto" | "template" | "phrase" | "free", "score_threshold": 0.3, "max_tokens": 160}
+
+``bbox`` (the visible extent) or ``aoi`` (selected polygons: a GeoJSON Polygon, MultiPolygon, Feature or
+FeatureCollection in the raster's CRS, as ``options.aoi`` of a job) restricts the facts to that area: shares,
+areas and changes count the pixels inside the polygons, objects count when their centre is inside.
 
 ``outputs``, ``jobs`` and ``models`` may be combined; ``models`` runs the perception models through the
 backend's own job machinery (``backend.tasks.create_job`` + the app's ``JobManager``, so the runs appear in
@@ -61,6 +65,8 @@ CHAT_REQUEST = {"type": "object", "required": ["raster", "question"], "propertie
                "description": "absolute path of the selected raster layer's file"},
     "question": {"type": "string", "minLength": 1, "pattern": "\\S"},
     "bbox": {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4, "nullable": True},
+    "aoi": {"type": "object", "nullable": True, "description": "selected polygons (GeoJSON Polygon, MultiPolygon, "
+            "Feature or FeatureCollection) in the raster's CRS: facts only inside them; not with bbox"},
     "outputs": {"type": "array", "items": {"type": "object", "required": ["path"], "properties": {
         "path": {"type": "string", "pattern": "^[^\\u0000]*$"}, "task": {"type": "string", "enum": list(TASKS)}, "layer": _STR,
         "classes": {"type": "array", "items": _STR}}}},
@@ -131,6 +137,12 @@ def _parse(body: Any) -> dict[str, Any]:
     if bbox is not None and (not isinstance(bbox, list) or len(bbox) != 4
                              or not all(isinstance(v, int | float) for v in bbox)):
         raise BadRequestError("'bbox' must be [minx, miny, maxx, maxy] in the raster's CRS, or null")
+    if body.get("aoi") is not None:
+        if bbox is not None:
+            raise BadRequestError("give either 'bbox' (an extent) or 'aoi' (polygons), not both")
+        from backend.aoi import parse_aoi
+
+        parse_aoi(body["aoi"])  # invalid_aoi (400) with what to fix
     for key in ("outputs", "jobs", "history"):
         if body.get(key) is not None and not isinstance(body[key], list):
             raise BadRequestError(f"'{key}' must be a list")
@@ -262,7 +274,7 @@ def _run_models(body: dict, app: Any, status: Any, cancel: threading.Event | Non
         raise RsfmError("this backend cannot run perception jobs yet (backend.tasks is missing); pass "
                         "precomputed 'outputs' or finished 'jobs' instead", code="not_available",
                         http_status=501) from e
-    raster, bbox = body["raster"], body.get("bbox")
+    raster, bbox = body["raster"], body.get("bbox") or _aoi_bbox(body)
     out_root = body.get("output_dir") or tempfile.mkdtemp(prefix="rsfm-chat-")
     pending = []
     result: list[PerceptionOutput] = []
@@ -326,11 +338,28 @@ def _change_pair(raster: str, other: str, order: str, bbox: list[float] | None
     return inputs, bbox
 
 
+def _aoi_geometry(body: dict) -> Any:
+    """The request's ``aoi`` as one shapely geometry (raster CRS), None without one."""
+    if body.get("aoi") is None:
+        return None
+    from backend.aoi import parse_aoi
+
+    return parse_aoi(body["aoi"]).geom
+
+
+def _aoi_bbox(body: dict) -> list[float] | None:
+    """The bbox the perception jobs run on for an ``aoi`` request (the facts then count inside the polygons)."""
+    geom = _aoi_geometry(body)
+    return list(geom.bounds) if geom is not None else None
+
+
 def get_sheet(body: dict, app: Any, status: Any = None, cancel: threading.Event | None = None) -> FactSheet:
-    """The fact sheet for a ChatRequest, cached by (raster, bbox, output files, threshold)."""
+    """The fact sheet for a ChatRequest, cached by (raster, bbox / aoi, output files, threshold)."""
     outs = _collect_outputs(body, app, status, cancel)
     thr = float(body.get("score_threshold", 0.3))
-    key = (_file_key(body["raster"]), tuple(body["bbox"]) if body.get("bbox") else None, thr,
+    aoi = _aoi_geometry(body)
+    key = (_file_key(body["raster"]), tuple(body["bbox"]) if body.get("bbox") else None,
+           aoi.wkb if aoi is not None else None, thr,
            tuple((_file_key(o.path), o.task, o.layer, tuple(o.classes or ()), o.other_raster, o.other_is_later)
                  for o in outs))
     with _CACHE_LOCK:
@@ -338,7 +367,7 @@ def get_sheet(body: dict, app: Any, status: Any = None, cancel: threading.Event 
             _SHEETS.move_to_end(key)
             return _SHEETS[key]
     try:
-        sheet = build_fact_sheet(body["raster"], outs, bbox=body.get("bbox"), score_threshold=thr)
+        sheet = build_fact_sheet(body["raster"], outs, bbox=body.get("bbox"), aoi=aoi, score_threshold=thr)
     except FactSheetError:
         raise
     except (OSError, ValueError) as e:  # rasterio / pyogrio read errors

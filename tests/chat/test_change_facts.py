@@ -171,3 +171,33 @@ def test_change_output_errors_name_the_fix(chat_fixture, tmp_path):
 
     with pytest.raises(FactSheetError, match="change map .* does not exist; run the change detection job"):
         build_fact_sheet(chat_fixture["raster"], [PerceptionOutput(str(tmp_path / "none.tif"), "change_detection")])
+
+
+def selected_polygons():
+    """Two selected polygons (raster CRS): cols 0-50 (all water, 3 ships, change region B) and cols 100-150 x
+    rows 0-50 (all building): 5,000 + 2,500 px = 0.03 km²."""
+    import shapely
+
+    def box(c0, r0, c1, r1):
+        return shapely.box(ORIGIN_X + RES_M * c0, ORIGIN_Y - RES_M * r1, ORIGIN_X + RES_M * c1, ORIGIN_Y - RES_M * r0)
+
+    return shapely.MultiPolygon([box(0, 0, 50, 100), box(100, 0, 150, 50)])
+
+
+def test_selected_polygons_restrict_every_fact(chat_fixture):
+    from chat_fixtures import DET_CLASSES
+
+    fx = chat_fixture
+    sheet = build_fact_sheet(fx["raster"], [PerceptionOutput(fx["landcover"]),
+                                            PerceptionOutput(fx["detections"], classes=DET_CLASSES),
+                                            *change_outputs(fx)], aoi=selected_polygons())
+    assert "only inside the selected polygons, 0.03 km²" in sheet.by_kind("meta")[0].text
+    lc = {f.data["class"]: f.data for f in sheet.by_kind("landcover")}
+    assert lc["water"]["share_pct"] == pytest.approx(200 / 3) and lc["water"]["pixels"] == 5000
+    assert lc["building"]["share_pct"] == pytest.approx(100 / 3) and "vegetation" not in lc
+    counts = {f.data["class"]: f.data["count"] for f in sheet.by_kind("count") if f.data.get("class")}
+    assert counts == {"ship": 3}  # the vehicles lie outside both polygons
+    share = sheet.by_kind("change")[0].data
+    assert share["pixels"] == 200 and share["share_pct"] == pytest.approx(200 / 75)
+    assert share["area_km2"] == pytest.approx(0.0008)
+    assert [f.data["pixel_box_xyxy"] for f in sheet.by_kind("change_region")] == [list(CHANGE_REGIONS[1])]

@@ -98,8 +98,22 @@ def test_chat_about_change_against_a_second_image(server, chat_fixture):
     assert status == 200 and "the earlier image raster_later.tif" in out["fact_text"]
 
 
+def test_chat_about_selected_polygons(server, chat_fixture):
+    """aoi: a FeatureCollection of selected polygons (raster CRS) restricts the facts to their inside."""
+    west = [[500000, 2799800], [500080, 2799800], [500080, 2800000], [500000, 2800000], [500000, 2799800]]
+    aoi = {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {"fid": 7}, "geometry": {"type": "Polygon", "coordinates": [west]}}]}
+    status, out = call(server, "POST", "/api/v1/chat", body(chat_fixture, "How many ships are there?", aoi=aoi))
+    assert status == 200, out
+    assert out["answer"]["text"].startswith("There are 2 ship detections")  # the ship at x = 500090 is outside
+    assert "only inside the selected polygons, 0.016 km²" in out["fact_text"]
+
+
 @pytest.mark.parametrize("bad,code,status", [
     ({"question": "x"}, "bad_request", 400),
+    ({"raster": "RASTER", "question": "x", "aoi": {"type": "Point", "coordinates": [0, 0]}}, "invalid_aoi", 400),
+    ({"raster": "RASTER", "question": "x", "bbox": [0, 0, 1, 1],
+      "aoi": {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 0]]]}}, "bad_request", 400),
     ({"raster": "RASTER", "question": "x", "compare_with": "RASTER"}, "bad_request", 400),
     ({"raster": "RASTER", "question": "x", "compare_with": "relative.tif"}, "bad_request", 400),
     ({"raster": "RASTER", "question": "x", "compare_with": "/tmp/b.tif", "compare_order": "tomorrow"},
