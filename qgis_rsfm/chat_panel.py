@@ -11,23 +11,29 @@ Embedding (the dock does this)::
 
 What it does:
 
-* Raster layer (the question is about it) + "visible extent only"; optional perception sources: a land-cover
+* Raster layer (the question is about it) + "visible extent only" or "selected polygons of" a polygon layer
+  (their shapes go to the backend as ``aoi``: facts count only inside them); optional perception sources: a land-cover
   raster layer and an objects vector layer already in the project (RSFM outputs with ``class_name`` /
   ``score``), and/or model ids the backend runs first.
+* "Compare with": optionally a second file raster of the same place, taken later (default) or earlier than
+  the selected raster. The request then carries ``compare_with`` / ``compare_order``; the backend runs a
+  change-detection model and the chat can answer what changed, citing change regions ``C1``, ``C2``, ….
 * LM: "Facts only" (template answers, no LM), "Built-in SmolLM2" or an OpenAI-compatible endpoint
   (base URL + model; the API key is read by the *backend* from its environment variable, never stored here).
 * The answer appears incrementally (``POST /api/v1/chat/jobs`` then polling ``GET /chat/jobs/{id}?since=N``),
-  then is replaced by the verified text. Citations ``[F12]`` and object IDs ``O3`` become links; cited
-  objects go into a scratch memory layer "RSFM chat citations"; clicking a link zooms the canvas to it.
+  then is replaced by the verified text. Citations ``[F12]``, object IDs ``O3`` and change IDs ``C2`` become
+  links; cited objects and change regions go into a scratch memory layer "RSFM chat citations" (change
+  regions have no score: NULL there); clicking a link zooms the canvas to it.
 * Copy (clipboard) and Save (Markdown file) of the conversation.
 
-Imports only qgis.PyQt, qgis.core, qgis.gui and qgis_rsfm.client (no torch, no other plugin module).
+Imports only qgis.PyQt, qgis.core, qgis.gui, qgis_rsfm.client and qgis_rsfm.layers (no torch).
 """
 
 from __future__ import annotations
 
 import html
 import json
+import os
 import re
 from collections.abc import Callable
 from typing import Any
@@ -65,6 +71,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from qgis_rsfm.client import RsfmClient, RsfmClientError
+from qgis_rsfm.layers import selected_features_aoi
 
 SCRATCH_LAYER_NAME = "RSFM chat citations"
 
@@ -138,6 +145,13 @@ class ChatPanel(QWidget):
         form.addRow(self.tr("Raster"), self.raster_combo)
         self.extent_check = QCheckBox(self.tr("Visible extent only"), self)
         form.addRow("", self.extent_check)
+        # or only inside the selected polygons of a polygon layer (sent as 'aoi', in the raster's CRS)
+        self.polygons_combo = QgsMapLayerComboBox(self)
+        self.polygons_combo.setFilters(QgsMapLayerProxyModel.Filter.PolygonLayer)
+        self.polygons_combo.setAllowEmptyLayer(True)
+        self.polygons_combo.setLayer(None)
+        self.polygons_combo.setToolTip(self.tr("Ask only about the area inside the selected polygons of this layer"))
+        form.addRow(self.tr("Selected polygons of"), self.polygons_combo)
         self.landcover_combo = QgsMapLayerComboBox(self)
         self.landcover_combo.setFilters(QgsMapLayerProxyModel.Filter.RasterLayer)
         self.landcover_combo.setAllowEmptyLayer(True)
@@ -148,6 +162,23 @@ class ChatPanel(QWidget):
         self.objects_combo.setAllowEmptyLayer(True)
         self.objects_combo.setLayer(None)
         form.addRow(self.tr("Objects"), self.objects_combo)
+        # A second image of the same place makes the backend run change detection; the order says which of the
+        # two is the later one (the backend's default: the compare image is the later one).
+        compare_row = QHBoxLayout()
+        self.compare_combo = QgsMapLayerComboBox(self)
+        self.compare_combo.setFilters(QgsMapLayerProxyModel.Filter.RasterLayer)
+        self.compare_combo.setAllowEmptyLayer(True)
+        self.compare_combo.setLayer(None)
+        self.compare_combo.setToolTip(self.tr("A second image of the same place; the backend runs a "
+                                              "change-detection model and the chat can answer what changed"))
+        self.compare_order_combo = QComboBox(self)
+        self.compare_order_combo.addItem(self.tr("later image"), "later")
+        self.compare_order_combo.addItem(self.tr("earlier image"), "earlier")
+        self.compare_order_combo.setToolTip(self.tr("Whether the compare image was taken after (later) or before "
+                                                    "(earlier) the selected raster"))
+        compare_row.addWidget(self.compare_combo, 1)
+        compare_row.addWidget(self.compare_order_combo)
+        form.addRow(self.tr("Compare with"), compare_row)
         self.models_edit = QLineEdit(self)
         self.models_edit.setPlaceholderText(self.tr("optional: task=model-id, ... (run by the backend first)"))
         form.addRow(self.tr("Models"), self.models_edit)
@@ -209,7 +240,8 @@ class ChatPanel(QWidget):
         """The ChatRequest for ``question`` from the current widgets.
 
         Raises:
-            ValueError: no raster layer selected, or the layer is not a local file.
+            ValueError: no raster layer selected, the layer (or the compare layer) is not a local file, or
+                the compare layer is the selected raster's file.
         """
         layer = self.raster_combo.currentLayer()
         if not isinstance(layer, QgsRasterLayer):
@@ -227,6 +259,12 @@ class ChatPanel(QWidget):
                 raise ValueError("the visible extent does not overlap the raster; pan to it or untick "
                                  "'Visible extent only'")
             body["bbox"] = [ext.xMinimum(), ext.yMinimum(), ext.xMaximum(), ext.yMaximum()]
+        polygons = self.polygons_combo.currentLayer()
+        if polygons is not None:
+            if "bbox" in body:
+                raise ValueError(self.tr("ask about the visible extent or the selected polygons, not both: untick "
+                                         "'Visible extent only' or clear 'Selected polygons of'"))
+            body["aoi"], _ = selected_features_aoi(polygons, layer)  # InputError (a ValueError) says what to do
         outputs = []
         lc = self.landcover_combo.currentLayer()
         if isinstance(lc, QgsRasterLayer):
@@ -248,6 +286,10 @@ class ChatPanel(QWidget):
             models[task.strip()] = model.strip()
         if models:
             body["models"] = models
+        compare = self.compare_combo.currentLayer()
+        if compare is not None:
+            body["compare_with"] = self._compare_path(compare, raster)
+            body["compare_order"] = self.compare_order_combo.currentData() or "later"
         key = self.backend_combo.currentData()
         if key == "openai":
             body["backend"] = {"name": "openai", "base_url": self.url_edit.text().strip(),
@@ -255,6 +297,18 @@ class ChatPanel(QWidget):
         else:
             body["backend"] = key
         return body
+
+    def _compare_path(self, layer: Any, raster: str) -> str:
+        """The file path of compare ``layer``; it must be a GDAL file raster other than ``raster``'s file."""
+        if not isinstance(layer, QgsRasterLayer) or layer.providerType() != "gdal":
+            raise ValueError(self.tr("layer '{name}' is not a file raster; export it to GeoTIFF first to compare "
+                                     "with it").format(name=layer.name()))
+        path = layer.source().split("|")[0]
+        # the backend compares by file, so the same file under another layer (or path spelling) is no change
+        if os.path.normcase(os.path.realpath(path)) == os.path.normcase(os.path.realpath(raster)):
+            raise ValueError(self.tr("layer '{name}' is the raster you ask about; choose a different image to "
+                                     "compare with").format(name=layer.name()))
+        return path
 
     def ask(self, question: str | None = None) -> None:
         """Send ``question`` (default: the text field) as a chat job; the answer streams in."""
@@ -338,7 +392,8 @@ class ChatPanel(QWidget):
     def _linkify(self, text: str) -> str:
         out = html.escape(text)
         out = re.sub(r"\[(F\d+)\]", r'<a href="rsfm:\1">[\1]</a>', out)
-        return re.sub(r"\b(O\d+)\b", r'<a href="rsfm:\1">\1</a>', out)
+        # object IDs O3 and change-region IDs C2 both point at cited geometries
+        return re.sub(r"\b([OC]\d+)\b", r'<a href="rsfm:\1">\1</a>', out)
 
     def _show_answer(self, ans: dict) -> None:
         self.ask_button.setEnabled(True)
@@ -403,7 +458,10 @@ class ChatPanel(QWidget):
             geom = QgsGeometry.fromWkt(wkt)
             f = QgsFeature(lyr.fields())
             f.setGeometry(geom)
-            f.setAttributes([o["id"], o["fact"], o["class"], float(o["score"]), self._turns[-1]["question"]])
+            # change regions (C1, …) have no score: leave the attribute NULL rather than invent one
+            score = o.get("score")
+            f.setAttributes([o["id"], o["fact"], o.get("class"), None if score is None else float(score),
+                             self._turns[-1]["question"]])
             feats.append(f)
             self._objects[o["id"]] = {"geometry": geom, "crs": crs}
             self._objects[o["fact"]] = self._objects[o["id"]]
@@ -415,7 +473,8 @@ class ChatPanel(QWidget):
         self.zoom_to(url.toString().split(":", 1)[-1])
 
     def zoom_to(self, ref: str) -> bool:
-        """Zoom the canvas to cited object ``O3`` or fact ``F12`` (if it has a geometry). True when done."""
+        """Zoom the canvas to cited object ``O3``, change region ``C2`` or fact ``F12`` (if it has a geometry).
+        True when done."""
         hit = self._objects.get(ref)
         if hit is None or self.iface is None:
             self._set_status(self.tr("{ref} has no map geometry to zoom to").format(ref=ref))

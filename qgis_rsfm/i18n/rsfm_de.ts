@@ -4,132 +4,182 @@
     <context>
         <name>ChatPanel</name>
         <message>
-            <location filename="../chat_panel.py" line="138" />
+            <location filename="../chat_panel.py" line="145" />
             <source>Raster</source>
             <translation>Raster</translation>
         </message>
         <message>
-            <location filename="../chat_panel.py" line="139" />
+            <location filename="../chat_panel.py" line="146" />
             <source>Visible extent only</source>
             <translation>Nur sichtbarer Ausschnitt</translation>
         </message>
         <message>
-            <location filename="../chat_panel.py" line="145" />
+            <location filename="../chat_panel.py" line="153" />
+            <source>Ask only about the area inside the selected polygons of this layer</source>
+            <translation>Nur nach der Fläche innerhalb der ausgewählten Polygone dieses Layers fragen</translation>
+        </message>
+        <message>
+            <location filename="../chat_panel.py" line="154" />
+            <source>Selected polygons of</source>
+            <translation>Ausgewählte Polygone von</translation>
+        </message>
+        <message>
+            <location filename="../chat_panel.py" line="159" />
             <source>Land cover</source>
             <translation>Landbedeckung</translation>
         </message>
         <message>
-            <location filename="../chat_panel.py" line="150" />
+            <location filename="../chat_panel.py" line="164" />
             <source>Objects</source>
             <translation>Objekte</translation>
         </message>
         <message>
-            <location filename="../chat_panel.py" line="152" />
+            <location filename="../chat_panel.py" line="172" />
+            <source>A second image of the same place; the backend runs a change-detection model and the chat can answer what changed</source>
+            <translation>Ein zweites Bild desselben Ortes; das Backend führt ein Änderungserkennungsmodell aus und der Chat kann beantworten, was sich verändert hat</translation>
+        </message>
+        <message>
+            <location filename="../chat_panel.py" line="175" />
+            <source>later image</source>
+            <translation>späteres Bild</translation>
+        </message>
+        <message>
+            <location filename="../chat_panel.py" line="176" />
+            <source>earlier image</source>
+            <translation>früheres Bild</translation>
+        </message>
+        <message>
+            <location filename="../chat_panel.py" line="177" />
+            <source>Whether the compare image was taken after (later) or before (earlier) the selected raster</source>
+            <translation>Ob das Vergleichsbild nach (später) oder vor (früher) dem gewählten Raster aufgenommen wurde</translation>
+        </message>
+        <message>
+            <location filename="../chat_panel.py" line="181" />
+            <source>Compare with</source>
+            <translation>Vergleichen mit</translation>
+        </message>
+        <message>
+            <location filename="../chat_panel.py" line="183" />
             <source>optional: task=model-id, ... (run by the backend first)</source>
             <translation>optional: Aufgabe=Modell-ID, … (zuerst vom Backend ausgeführt)</translation>
         </message>
         <message>
-            <location filename="../chat_panel.py" line="153" />
+            <location filename="../chat_panel.py" line="184" />
             <source>Models</source>
             <translation>Modelle</translation>
         </message>
         <message>
-            <location filename="../chat_panel.py" line="162" />
+            <location filename="../chat_panel.py" line="193" />
             <source>Answer with</source>
             <translation>Antworten mit</translation>
         </message>
         <message>
-            <location filename="../chat_panel.py" line="165" />
+            <location filename="../chat_panel.py" line="196" />
             <source>Endpoint</source>
             <translation>Endpunkt</translation>
         </message>
         <message>
-            <location filename="../chat_panel.py" line="166" />
+            <location filename="../chat_panel.py" line="197" />
             <source>Endpoint model</source>
             <translation>Modell am Endpunkt</translation>
         </message>
         <message>
-            <location filename="../chat_panel.py" line="177" />
+            <location filename="../chat_panel.py" line="208" />
             <source>e.g. How many ships are there? Where are they?</source>
             <translation>z. B. Wie viele Schiffe gibt es? Wo sind sie?</translation>
         </message>
         <message>
-            <location filename="../chat_panel.py" line="179" />
+            <location filename="../chat_panel.py" line="210" />
             <source>Ask</source>
             <translation>Fragen</translation>
         </message>
         <message>
-            <location filename="../chat_panel.py" line="181" />
+            <location filename="../chat_panel.py" line="212" />
             <source>Stop</source>
             <translation>Stopp</translation>
         </message>
         <message>
-            <location filename="../chat_panel.py" line="189" />
+            <location filename="../chat_panel.py" line="220" />
             <source>Copy</source>
             <translation>Kopieren</translation>
         </message>
         <message>
-            <location filename="../chat_panel.py" line="191" />
+            <location filename="../chat_panel.py" line="222" />
             <source>Save…</source>
             <translation>Speichern…</translation>
         </message>
         <message>
-            <location filename="../chat_panel.py" line="193" />
+            <location filename="../chat_panel.py" line="224" />
             <source>Clear</source>
             <translation>Leeren</translation>
         </message>
         <message>
-            <location filename="../chat_panel.py" line="275" />
+            <location filename="../chat_panel.py" line="265" />
+            <source>ask about the visible extent or the selected polygons, not both: untick 'Visible extent only' or clear 'Selected polygons of'</source>
+            <translation>nach dem sichtbaren Ausschnitt oder den ausgewählten Polygonen fragen, nicht nach beidem: 'Nur sichtbarer Ausschnitt' abwählen oder 'Ausgewählte Polygone von' leeren</translation>
+        </message>
+        <message>
+            <location filename="../chat_panel.py" line="304" />
+            <source>layer '{name}' is not a file raster; export it to GeoTIFF first to compare with it</source>
+            <translation>Layer '{name}' ist kein Datei-Raster; exportieren Sie ihn zuerst als GeoTIFF, um damit zu vergleichen</translation>
+        </message>
+        <message>
+            <location filename="../chat_panel.py" line="309" />
+            <source>layer '{name}' is the raster you ask about; choose a different image to compare with</source>
+            <translation>Layer '{name}' ist das Raster, nach dem Sie fragen; wählen Sie ein anderes Bild zum Vergleichen</translation>
+        </message>
+        <message>
+            <location filename="../chat_panel.py" line="329" />
             <source>asking…</source>
             <translation>Frage wird gestellt…</translation>
         </message>
         <message>
-            <location filename="../chat_panel.py" line="310" />
+            <location filename="../chat_panel.py" line="364" />
             <source>writing…</source>
             <translation>Antwort wird geschrieben…</translation>
         </message>
         <message>
-            <location filename="../chat_panel.py" line="358" />
+            <location filename="../chat_panel.py" line="413" />
             <source>{mode} answer · {seconds} s</source>
             <translation>Antwort ({mode}) · {seconds} s</translation>
         </message>
         <message>
-            <location filename="../chat_panel.py" line="421" />
+            <location filename="../chat_panel.py" line="480" />
             <source>{ref} has no map geometry to zoom to</source>
             <translation>{ref} hat keine Kartengeometrie, auf die gezoomt werden kann</translation>
         </message>
         <message>
-            <location filename="../chat_panel.py" line="446" />
+            <location filename="../chat_panel.py" line="505" />
             <source>conversation copied</source>
             <translation>Unterhaltung kopiert</translation>
         </message>
         <message>
-            <location filename="../chat_panel.py" line="454" />
+            <location filename="../chat_panel.py" line="513" />
             <source>saved to {path}</source>
             <translation>gespeichert unter {path}</translation>
         </message>
         <message>
-            <location filename="../chat_panel.py" line="457" />
+            <location filename="../chat_panel.py" line="516" />
             <source>Markdown (*.md)</source>
             <translation>Markdown (*.md)</translation>
         </message>
         <message>
-            <location filename="../chat_panel.py" line="457" />
+            <location filename="../chat_panel.py" line="516" />
             <source>Save conversation</source>
             <translation>Unterhaltung speichern</translation>
         </message>
         <message>
-            <location filename="../chat_panel.py" line="80" />
+            <location filename="../chat_panel.py" line="87" />
             <source>Facts only (no language model)</source>
             <translation>Nur Fakten (ohne Sprachmodell)</translation>
         </message>
         <message>
-            <location filename="../chat_panel.py" line="81" />
+            <location filename="../chat_panel.py" line="88" />
             <source>Built-in SmolLM2-135M</source>
             <translation>Eingebautes SmolLM2-135M</translation>
         </message>
         <message>
-            <location filename="../chat_panel.py" line="82" />
+            <location filename="../chat_panel.py" line="89" />
             <source>OpenAI-compatible endpoint</source>
             <translation>OpenAI-kompatibler Endpunkt</translation>
         </message>
