@@ -199,7 +199,19 @@ def inside_qgis(iface) -> None:  # noqa: C901 - a linear script of GUI steps
             prefer_trained(p.model_box)
             yield 0.8
             grab(f"dock_{tdef_task}")
+        # the chat tab: two grounded questions about NAIP 2020, answered from the land-cover layer just made
         dock.tabs.setCurrentIndex(1)
+        chat = dock.tabs.widget(1)
+        chat.raster_combo.setLayer(after)
+        landcover = next((lyr for lyr in page.last_layers if isinstance(lyr, QgsRasterLayer)), None)
+        chat.landcover_combo.setLayer(landcover)
+        for question in ("What share of the area is water?", "Where is the vegetation?"):
+            n = len(chat._turns)
+            chat.ask(question)
+            t0 = time.monotonic()
+            while len(chat._turns) == n and time.monotonic() - t0 < 120 and "#b00" not in chat.status.styleSheet():
+                yield 0.3
+            say(f"chat: {question} -> {chat._turns[-1]['answer']['text'] if len(chat._turns) > n else chat.status.text()}")
         yield 0.8
         grab("dock_chat")
         dock.tabs.setCurrentIndex(0)

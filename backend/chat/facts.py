@@ -131,6 +131,12 @@ ID_PATTERN = r"\[?\b[FOC]\d+\]?"
 DATE_PATTERN = r"\b\d{4}[-:/.]\d{1,2}[-:/.]\d{1,2}(?:[ T]\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?(?:Z|[+-]\d{2}:?\d{2})?"
 
 
+# number words the verifier reads as numbers (from "two" on: "one" and "zero" are too often not counts)
+WORD_NUMBERS = {"zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
+                "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14,
+                "fifteen": 15, "sixteen": 16, "seventeen": 17, "eighteen": 18, "nineteen": 19, "twenty": 20}
+
+
 def dates_in(text: str) -> list[str]:
     """Every date written in ``text`` as ``YYYYMMDD`` (times dropped): ``2025:06:01 10:00:00`` → ``20250601``."""
     return ["{}{:0>2}{:0>2}".format(*re.split(r"[-:/.]", re.split(r"[ T]", m.group(0))[0])[:3])
@@ -184,11 +190,13 @@ def fmt_num(x: float, digits: int = 3) -> str:
 
 
 def numbers_in(text: str) -> list[float]:
-    """Every number written in ``text`` except fact/object/region IDs (``F12``, ``O3``, ``C2``) and CRS codes."""
+    """Every number written in ``text`` except fact/object/region IDs (``F12``, ``O3``, ``C2``) and CRS codes;
+    number words from "two" on count too, as the verifier reads them ("spread over all four quarters")."""
     text = re.sub(ID_PATTERN, " ", text)
     text = re.sub(DATE_PATTERN, " ", text)
     text = re.sub(r"EPSG:\d+", " ", text)
-    return [float(m.replace(",", "")) for m in re.findall(r"-?\d[\d,]*(?:\.\d+)?", text)]
+    words = [float(v) for w, v in WORD_NUMBERS.items() if v >= 2 and re.search(rf"\b{w}\b", text, re.I)]
+    return [float(m.replace(",", "")) for m in re.findall(r"-?\d[\d,]*(?:\.\d+)?", text)] + words
 
 
 @dataclass

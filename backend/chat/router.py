@@ -264,8 +264,9 @@ def template_answer(question: str, sheet: FactSheet, intent: str,
                     + (f", centre x={f.data['centre'][0]:.1f}, y={f.data['centre'][1]:.1f}" if georef else "")
                     + _cite(f) for f in objs[:5]) + more + ".")
             elif f := _landcover_fact(sheet, key):
-                lines.append(f"{name} is mostly in the {f.data['quadrant']} quarter{_cite(f)}." if f.data["quadrant"]
-                             else f"{name} is spread over all four quarters{_cite(f)}.")
+                lc_name = name[:1].upper() + name[1:]  # it starts the sentence
+                lines.append(f"{lc_name} is mostly in the {f.data['quadrant']} quarter{_cite(f)}." if f.data["quadrant"]
+                             else f"{lc_name} is spread over all four quarters{_cite(f)}.")
             elif cnt := _count_fact(sheet, key):
                 lines.append(_count_sentence(sheet, key))
             else:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from backend.chat.facts import DATE_PATTERN, ID_PATTERN, FactSheet, dates_in, norm_class
+from backend.chat.facts import DATE_PATTERN, ID_PATTERN, WORD_NUMBERS, FactSheet, dates_in, norm_class
 
 # Object / land-cover words a small LM tends to invent. Any of these in an answer must be backed by the
 # sheet (or negated). The sheet's own known classes are added at run time.
@@ -48,9 +48,6 @@ SYNONYMS = {
 
 NEGATION = re.compile(r"\b(no|not|none|without|absent|zero|0|neither|nor|cannot|can't|couldn't|unable|"
                       r"isn't|aren't|wasn't|weren't|don't|doesn't|never)\b", re.I)
-WORD_NUMBERS = {"zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
-                "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14,
-                "fifteen": 15, "sixteen": 16, "seventeen": 17, "eighteen": 18, "nineteen": 19, "twenty": 20}
 
 
 @dataclass

@@ -177,3 +177,22 @@ def test_free_answers_must_state_what_they_cite_and_answer_the_question(sheet):
     assert d.mode == "free"
     good = answer_question("Are there any ships?", sheet, backend=EchoLM(f"Yes, 3 ships [{ship}]."), mode="free")
     assert good.mode == "free"
+
+
+def test_where_for_land_cover_spread_everywhere_survives_the_verifier(tmp_path):
+    """"spread over all four quarters": the word number is one of the fact's numbers (it was once removed)."""
+    import numpy as np
+    import rasterio
+    from rasterio.transform import from_origin
+
+    seg = np.zeros((40, 40), np.uint8)
+    seg[::2, :] = 1  # class 1 in every quarter, evenly
+    paths = []
+    for name, data, count in (("img.tif", np.zeros((3, 40, 40), np.uint8), 3), ("lc.tif", seg[None], 1)):
+        with rasterio.open(tmp_path / name, "w", driver="GTiff", width=40, height=40, count=count, dtype="uint8",
+                           crs="EPSG:32633", transform=from_origin(500000, 5000000, 1, 1)) as dst:
+            dst.write(data)
+        paths.append(str(tmp_path / name))
+    sheet = build_fact_sheet(paths[0], [PerceptionOutput(paths[1], classes=["bare soil", "vegetation"])])
+    a = answer_question("Where is the vegetation?", sheet)
+    assert a.text.startswith("Vegetation is spread over all four quarters [F") and a.verification["ok"], a
