@@ -173,7 +173,8 @@ def _count_sentence(sheet: FactSheet, key: str) -> str:
         n = f.data["count"]
         q = f.data.get("quadrants") or {}
         where = ", ".join(f"{v} in the {k}" for k, v in q.items())
-        return f"There are {n} {name} detections (score >= {t}){', ' + where if where else ''}{_cite(f)}."
+        head = f"There is 1 {name} detection" if n == 1 else f"There are {n} {name} detections"
+        return f"{head} (score >= {t}){', ' + where if where else ''}{_cite(f)}."
     if (f := _absent_fact(sheet, key)) and "count" in f.data:
         return f"No {name} was detected (score >= {t}){_cite(f)}."
     if f := _landcover_fact(sheet, key):

@@ -66,7 +66,7 @@ CHAT_REQUEST = {"type": "object", "required": ["raster", "question"], "propertie
     "question": {"type": "string", "minLength": 1, "pattern": "\\S"},
     "bbox": {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4, "nullable": True},
     "aoi": {"type": "object", "nullable": True, "description": "selected polygons (GeoJSON Polygon, MultiPolygon, "
-            "Feature or FeatureCollection) in the raster's CRS: facts only inside them; not with bbox"},
+            "Feature or FeatureCollection) in the raster's CRS: facts only inside them (and inside bbox if given)"},
     "outputs": {"type": "array", "items": {"type": "object", "required": ["path"], "properties": {
         "path": {"type": "string", "pattern": "^[^\\u0000]*$"}, "task": {"type": "string", "enum": list(TASKS)}, "layer": _STR,
         "classes": {"type": "array", "items": _STR}}}},
@@ -138,11 +138,7 @@ def _parse(body: Any) -> dict[str, Any]:
                              or not all(isinstance(v, int | float) for v in bbox)):
         raise BadRequestError("'bbox' must be [minx, miny, maxx, maxy] in the raster's CRS, or null")
     if body.get("aoi") is not None:
-        if bbox is not None:
-            raise BadRequestError("give either 'bbox' (an extent) or 'aoi' (polygons), not both")
-        from backend.aoi import parse_aoi
-
-        parse_aoi(body["aoi"])  # invalid_aoi (400) with what to fix
+        _aoi_geometry(body)  # invalid_aoi (400) with what to fix
     for key in ("outputs", "jobs", "history"):
         if body.get(key) is not None and not isinstance(body[key], list):
             raise BadRequestError(f"'{key}' must be a list")
@@ -339,12 +335,21 @@ def _change_pair(raster: str, other: str, order: str, bbox: list[float] | None
 
 
 def _aoi_geometry(body: dict) -> Any:
-    """The request's ``aoi`` as one shapely geometry (raster CRS), None without one."""
+    """The request's ``aoi`` as one shapely geometry (raster CRS; cut to ``bbox`` when both are given), None
+    without one."""
     if body.get("aoi") is None:
         return None
+    import shapely
+
     from backend.aoi import parse_aoi
 
-    return parse_aoi(body["aoi"]).geom
+    geom = parse_aoi(body["aoi"]).geom
+    if body.get("bbox") is not None:
+        geom = geom.intersection(shapely.box(*body["bbox"]))
+        if geom.is_empty or geom.area <= 0:
+            raise BadRequestError("the 'aoi' polygons do not overlap 'bbox'; send one of them, or polygons inside "
+                                  "the extent", code="invalid_aoi")
+    return geom
 
 
 def _aoi_bbox(body: dict) -> list[float] | None:

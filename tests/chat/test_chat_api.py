@@ -107,13 +107,18 @@ def test_chat_about_selected_polygons(server, chat_fixture):
     assert status == 200, out
     assert out["answer"]["text"].startswith("There are 2 ship detections")  # the ship at x = 500090 is outside
     assert "only inside the selected polygons, 0.016 km²" in out["fact_text"]
+    # with an extent too, the facts count inside both: the northern half of the polygon has 1 ship
+    north = [500000, 2799900, 500400, 2800000]
+    status, out = call(server, "POST", "/api/v1/chat", body(chat_fixture, "How many ships are there?", aoi=aoi,
+                                                           bbox=north))
+    assert status == 200 and out["answer"]["text"].startswith("There is 1 ship detection"), out
 
 
 @pytest.mark.parametrize("bad,code,status", [
     ({"question": "x"}, "bad_request", 400),
     ({"raster": "RASTER", "question": "x", "aoi": {"type": "Point", "coordinates": [0, 0]}}, "invalid_aoi", 400),
-    ({"raster": "RASTER", "question": "x", "bbox": [0, 0, 1, 1],
-      "aoi": {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 0]]]}}, "bad_request", 400),
+    ({"raster": "RASTER", "question": "x", "bbox": [5, 5, 6, 6],
+      "aoi": {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 0]]]}}, "invalid_aoi", 400),
     ({"raster": "RASTER", "question": "x", "compare_with": "RASTER"}, "bad_request", 400),
     ({"raster": "RASTER", "question": "x", "compare_with": "relative.tif"}, "bad_request", 400),
     ({"raster": "RASTER", "question": "x", "compare_with": "/tmp/b.tif", "compare_order": "tomorrow"},
