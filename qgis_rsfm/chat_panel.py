@@ -87,6 +87,9 @@ def _field_types():
 BACKENDS = [(QT_TRANSLATE_NOOP("ChatPanel", "Facts only (no language model)"), "template"),
             (QT_TRANSLATE_NOOP("ChatPanel", "Built-in SmolLM2-135M"), "builtin"),
             (QT_TRANSLATE_NOOP("ChatPanel", "OpenAI-compatible endpoint"), "openai")]
+# which of the two images the "Compare with" layer is (the API's compare_order)
+COMPARE_ORDERS = [(QT_TRANSLATE_NOOP("ChatPanel", "later image"), "later"),
+                  (QT_TRANSLATE_NOOP("ChatPanel", "earlier image"), "earlier")]
 MODES = ["auto", "template", "phrase", "free"]
 POLL_MS = 150
 
@@ -172,8 +175,8 @@ class ChatPanel(QWidget):
         self.compare_combo.setToolTip(self.tr("A second image of the same place; the backend runs a "
                                               "change-detection model and the chat can answer what changed"))
         self.compare_order_combo = QComboBox(self)
-        self.compare_order_combo.addItem(self.tr("later image"), "later")
-        self.compare_order_combo.addItem(self.tr("earlier image"), "earlier")
+        for label, key in COMPARE_ORDERS:
+            self.compare_order_combo.addItem(self.tr(label), key)
         self.compare_order_combo.setToolTip(self.tr("Whether the compare image was taken after (later) or before "
                                                     "(earlier) the selected raster"))
         compare_row.addWidget(self.compare_combo, 1)

@@ -4,167 +4,157 @@
     <context>
         <name>ChatPanel</name>
         <message>
-            <location filename="../chat_panel.py" line="145" />
+            <location filename="../chat_panel.py" line="148" />
             <source>Raster</source>
             <translation>Raster</translation>
         </message>
         <message>
-            <location filename="../chat_panel.py" line="146" />
+            <location filename="../chat_panel.py" line="149" />
             <source>Visible extent only</source>
             <translation>Nur sichtbarer Ausschnitt</translation>
         </message>
         <message>
-            <location filename="../chat_panel.py" line="153" />
+            <location filename="../chat_panel.py" line="156" />
             <source>Ask only about the area inside the selected polygons of this layer</source>
             <translation>Nur nach der Fläche innerhalb der ausgewählten Polygone dieses Layers fragen</translation>
         </message>
         <message>
-            <location filename="../chat_panel.py" line="154" />
+            <location filename="../chat_panel.py" line="157" />
             <source>Selected polygons of</source>
             <translation>Ausgewählte Polygone von</translation>
         </message>
         <message>
-            <location filename="../chat_panel.py" line="159" />
+            <location filename="../chat_panel.py" line="162" />
             <source>Land cover</source>
             <translation>Landbedeckung</translation>
         </message>
         <message>
-            <location filename="../chat_panel.py" line="164" />
+            <location filename="../chat_panel.py" line="167" />
             <source>Objects</source>
             <translation>Objekte</translation>
         </message>
         <message>
-            <location filename="../chat_panel.py" line="172" />
+            <location filename="../chat_panel.py" line="175" />
             <source>A second image of the same place; the backend runs a change-detection model and the chat can answer what changed</source>
             <translation>Ein zweites Bild desselben Ortes; das Backend führt ein Änderungserkennungsmodell aus und der Chat kann beantworten, was sich verändert hat</translation>
         </message>
         <message>
-            <location filename="../chat_panel.py" line="175" />
-            <source>later image</source>
-            <translation>späteres Bild</translation>
-        </message>
-        <message>
-            <location filename="../chat_panel.py" line="176" />
-            <source>earlier image</source>
-            <translation>früheres Bild</translation>
-        </message>
-        <message>
-            <location filename="../chat_panel.py" line="177" />
+            <location filename="../chat_panel.py" line="180" />
             <source>Whether the compare image was taken after (later) or before (earlier) the selected raster</source>
             <translation>Ob das Vergleichsbild nach (später) oder vor (früher) dem gewählten Raster aufgenommen wurde</translation>
         </message>
         <message>
-            <location filename="../chat_panel.py" line="181" />
+            <location filename="../chat_panel.py" line="184" />
             <source>Compare with</source>
             <translation>Vergleichen mit</translation>
         </message>
         <message>
-            <location filename="../chat_panel.py" line="183" />
+            <location filename="../chat_panel.py" line="186" />
             <source>optional: task=model-id, ... (run by the backend first)</source>
             <translation>optional: Aufgabe=Modell-ID, … (zuerst vom Backend ausgeführt)</translation>
         </message>
         <message>
-            <location filename="../chat_panel.py" line="184" />
+            <location filename="../chat_panel.py" line="187" />
             <source>Models</source>
             <translation>Modelle</translation>
         </message>
         <message>
-            <location filename="../chat_panel.py" line="193" />
+            <location filename="../chat_panel.py" line="196" />
             <source>Answer with</source>
             <translation>Antworten mit</translation>
         </message>
         <message>
-            <location filename="../chat_panel.py" line="196" />
+            <location filename="../chat_panel.py" line="199" />
             <source>Endpoint</source>
             <translation>Endpunkt</translation>
         </message>
         <message>
-            <location filename="../chat_panel.py" line="197" />
+            <location filename="../chat_panel.py" line="200" />
             <source>Endpoint model</source>
             <translation>Modell am Endpunkt</translation>
         </message>
         <message>
-            <location filename="../chat_panel.py" line="208" />
+            <location filename="../chat_panel.py" line="211" />
             <source>e.g. How many ships are there? Where are they?</source>
             <translation>z. B. Wie viele Schiffe gibt es? Wo sind sie?</translation>
         </message>
         <message>
-            <location filename="../chat_panel.py" line="210" />
+            <location filename="../chat_panel.py" line="213" />
             <source>Ask</source>
             <translation>Fragen</translation>
         </message>
         <message>
-            <location filename="../chat_panel.py" line="212" />
+            <location filename="../chat_panel.py" line="215" />
             <source>Stop</source>
             <translation>Stopp</translation>
         </message>
         <message>
-            <location filename="../chat_panel.py" line="220" />
+            <location filename="../chat_panel.py" line="223" />
             <source>Copy</source>
             <translation>Kopieren</translation>
         </message>
         <message>
-            <location filename="../chat_panel.py" line="222" />
+            <location filename="../chat_panel.py" line="225" />
             <source>Save…</source>
             <translation>Speichern…</translation>
         </message>
         <message>
-            <location filename="../chat_panel.py" line="224" />
+            <location filename="../chat_panel.py" line="227" />
             <source>Clear</source>
             <translation>Leeren</translation>
         </message>
         <message>
-            <location filename="../chat_panel.py" line="265" />
+            <location filename="../chat_panel.py" line="268" />
             <source>ask about the visible extent or the selected polygons, not both: untick 'Visible extent only' or clear 'Selected polygons of'</source>
             <translation>nach dem sichtbaren Ausschnitt oder den ausgewählten Polygonen fragen, nicht nach beidem: 'Nur sichtbarer Ausschnitt' abwählen oder 'Ausgewählte Polygone von' leeren</translation>
         </message>
         <message>
-            <location filename="../chat_panel.py" line="304" />
+            <location filename="../chat_panel.py" line="307" />
             <source>layer '{name}' is not a file raster; export it to GeoTIFF first to compare with it</source>
             <translation>Layer '{name}' ist kein Datei-Raster; exportieren Sie ihn zuerst als GeoTIFF, um damit zu vergleichen</translation>
         </message>
         <message>
-            <location filename="../chat_panel.py" line="309" />
+            <location filename="../chat_panel.py" line="312" />
             <source>layer '{name}' is the raster you ask about; choose a different image to compare with</source>
             <translation>Layer '{name}' ist das Raster, nach dem Sie fragen; wählen Sie ein anderes Bild zum Vergleichen</translation>
         </message>
         <message>
-            <location filename="../chat_panel.py" line="329" />
+            <location filename="../chat_panel.py" line="332" />
             <source>asking…</source>
             <translation>Frage wird gestellt…</translation>
         </message>
         <message>
-            <location filename="../chat_panel.py" line="364" />
+            <location filename="../chat_panel.py" line="367" />
             <source>writing…</source>
             <translation>Antwort wird geschrieben…</translation>
         </message>
         <message>
-            <location filename="../chat_panel.py" line="413" />
+            <location filename="../chat_panel.py" line="416" />
             <source>{mode} answer · {seconds} s</source>
             <translation>Antwort ({mode}) · {seconds} s</translation>
         </message>
         <message>
-            <location filename="../chat_panel.py" line="480" />
+            <location filename="../chat_panel.py" line="483" />
             <source>{ref} has no map geometry to zoom to</source>
             <translation>{ref} hat keine Kartengeometrie, auf die gezoomt werden kann</translation>
         </message>
         <message>
-            <location filename="../chat_panel.py" line="505" />
+            <location filename="../chat_panel.py" line="508" />
             <source>conversation copied</source>
             <translation>Unterhaltung kopiert</translation>
         </message>
         <message>
-            <location filename="../chat_panel.py" line="513" />
+            <location filename="../chat_panel.py" line="516" />
             <source>saved to {path}</source>
             <translation>gespeichert unter {path}</translation>
         </message>
         <message>
-            <location filename="../chat_panel.py" line="516" />
+            <location filename="../chat_panel.py" line="519" />
             <source>Markdown (*.md)</source>
             <translation>Markdown (*.md)</translation>
         </message>
         <message>
-            <location filename="../chat_panel.py" line="516" />
+            <location filename="../chat_panel.py" line="519" />
             <source>Save conversation</source>
             <translation>Unterhaltung speichern</translation>
         </message>
@@ -182,6 +172,16 @@
             <location filename="../chat_panel.py" line="89" />
             <source>OpenAI-compatible endpoint</source>
             <translation>OpenAI-kompatibler Endpunkt</translation>
+        </message>
+        <message>
+            <location filename="../chat_panel.py" line="91" />
+            <source>later image</source>
+            <translation>späteres Bild</translation>
+        </message>
+        <message>
+            <location filename="../chat_panel.py" line="92" />
+            <source>earlier image</source>
+            <translation>früheres Bild</translation>
         </message>
     </context>
     <context>
