@@ -95,12 +95,13 @@ def _signed(mean: float, half: float) -> str:
     return f"{100 * mean:+.1f} ({ci})"
 
 
-def render(cells: list[dict], notes: str = "", grid_argv: list[str] | None = None) -> str:
+def render(cells: list[dict], notes: str = "", grid_argvs: list[list[str]] | None = None,
+           title: str = "Reproduction experiment: IMP vs IMP+MTP at 1 / 10 / 100 % labels") -> str:
     """The Markdown report (tables + commands); ``notes`` is inserted verbatim after the tables,
-    ``grid_argv`` (from ``grid.json``) is shown as the command that ran the grid."""
+    ``grid_argvs`` (from the ``grid*.json`` launch records) are shown as the commands that ran the grid."""
     if not cells:
         raise ValueError("no finished cells (no */test.json); run scripts/reproduction/run_grid.py first")
-    lines = ["# Reproduction experiment: IMP vs IMP+MTP at 1 / 10 / 100 % labels", ""]
+    lines = [f"# {title}", ""]
     for task in sorted({c["task"] for c in cells}):
         tc = [c for c in cells if c["task"] == task]
         metrics = [m for m in TASK_METRICS.get(task, ()) if any(m in c["metrics"] for c in tc)]
@@ -128,11 +129,11 @@ def render(cells: list[dict], notes: str = "", grid_argv: list[str] | None = Non
         lines.append("")
     if notes:
         lines += [notes.rstrip(), ""]
-    lines += _commands_section(cells, grid_argv)
+    lines += _commands_section(cells, grid_argvs)
     return "\n".join(lines) + "\n"
 
 
-def _commands_section(cells: list[dict], grid_argv: list[str] | None = None) -> list[str]:
+def _commands_section(cells: list[dict], grid_argvs: list[list[str]] | None = None) -> list[str]:
     train_cpu = sum(c.get("train_cpu_s", 0.0) for c in cells)
     eval_cpu = sum(c.get("eval_cpu_s", 0.0) for c in cells)
     wall = sum(c.get("train_wall_s", 0.0) + c.get("eval_wall_s", 0.0) for c in cells)
@@ -141,9 +142,10 @@ def _commands_section(cells: list[dict], grid_argv: list[str] | None = None) -> 
              f"{len(cells)} cells; CPU time {train_cpu / 60:.1f} min training + {eval_cpu / 60:.1f} min test "
              f"evaluation (user + system of the child processes; {train_cpu / len(cells):.0f} s + "
              f"{eval_cpu / len(cells):.0f} s per cell), {wall / 60:.1f} min wall in all.", ""]
-    if grid_argv:
-        lines += ["The grid, as launched (from the repository root, in the background):", "", "```",
-                  "OMP_NUM_THREADS=1 nice -n 15 " + shlex.join(grid_argv), "```", ""]
+    if grid_argvs:
+        lines += [f"The grid, as launched (from the repository root, in the background"
+                  f"{', the launches side by side' if len(grid_argvs) > 1 else ''}):", "", "```",
+                  *("OMP_NUM_THREADS=1 " + shlex.join(a) for a in grid_argvs), "```", ""]
     lines += [f"One cell ({ex['cell']}), as run by the grid:", "", "```",
              shlex.join(ex["finetune_argv"]), shlex.join(ex["evaluate_argv"]), "```", ""]
     mtp = next((c for c in cells if c["init"] == TREATMENT), None)
@@ -158,11 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", default="runs/repro", help="grid output folder (one sub-folder per cell)")
     p.add_argument("--out", default=None, help="write the Markdown here (default: print)")
     p.add_argument("--notes", default=None, help="Markdown file whose text goes after the tables")
+    p.add_argument("--title", default=None, help="the page's title (default: the first instance's)")
     args = p.parse_args(argv)
     notes = Path(args.notes).read_text() if args.notes else ""
-    grid_json = Path(args.root) / "grid.json"
-    grid_argv = json.loads(grid_json.read_text())["argv"] if grid_json.is_file() else None
-    text = render(load_cells(Path(args.root)), notes, grid_argv)
+    # grid.json: a root written before launches were recorded one file each
+    grid_argvs = [json.loads(f.read_text())["argv"] for f in sorted(Path(args.root).glob("grid*.json"))]
+    text = render(load_cells(Path(args.root)), notes, grid_argvs, **({"title": args.title} if args.title else {}))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)

@@ -202,8 +202,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{'done' if cell_done(root / c.name) else 'todo'} {c.name}")
         return 0
     root.mkdir(parents=True, exist_ok=True)
-    (root / "grid.json").write_text(json.dumps({"argv": [sys.executable, *sys.argv], "cells": [c.name for c in cells]},
-                                               indent=2) + "\n")
+    # one record per launch: grids for different inits may run at the same time into one root (one per core)
+    (root / f"grid.{args.inits.replace(',', '_').replace('+', '-')}.json").write_text(
+        json.dumps({"argv": [sys.executable, str(Path(__file__).resolve().relative_to(REPO)),
+                             *(sys.argv[1:] if argv is None else argv)],
+                    "cells": [c.name for c in cells]}, indent=2) + "\n")
     for c in cells:
         run_cell(c, args)
     return 0

@@ -168,11 +168,13 @@ def test_render_and_load_cells_from_disk(tmp_path):
     (tmp_path / "unfinished").mkdir()  # no test.json: not a result
     cells = agg.load_cells(tmp_path)
     assert len(cells) == 8
-    text = agg.render(cells, notes="NOTE-TEXT", grid_argv=["python", "run_grid.py", "--seeds", "0,1"])
+    text = agg.render(cells, notes="NOTE-TEXT", grid_argvs=[["python", "run_grid.py", "--seeds", "0,1"],
+                                                            ["python", "run_grid.py", "--inits", "imp+mtp"]])
     assert "| imp | 0.01 | 2 | 50.5 (" in text and "| imp+mtp | 1 | 2 | 53.5 (" in text
     assert "| 0.01 | 2 | +3.0 (+3.0 to +3.0)" in text  # constant paired difference, zero width
     assert "NOTE-TEXT" in text and "rsfm-train finetune" in text and "8 cells" in text
-    assert "nice -n 15 python run_grid.py --seeds 0,1" in text
+    assert "OMP_NUM_THREADS=1 python run_grid.py --seeds 0,1" in text and "run_grid.py --inits imp+mtp" in text
+    assert "the launches side by side" in text
     assert "One cell (scene_classification__imp__" in text  # the baseline is the example, not glob order
     with pytest.raises(ValueError, match="no finished cells"):
         agg.render([])
@@ -203,3 +205,7 @@ def test_tiny_grid_runs_real_commands_resumes_and_aggregates(tmp_path, capsys):
     assert capsys.readouterr().out.count("skip ") == 2
     text = agg.render(cells)
     assert "| 1 | 1 | " in text  # one pair at fraction 1
+    # the launch is recorded per --inits, so grids for different inits can share a root concurrently
+    assert json.loads((tmp_path / "runs" / "grid.imp_imp-mtp.json").read_text())["argv"][-len(argv):] == argv
+    assert agg.main(["--root", str(tmp_path / "runs"), "--out", str(tmp_path / "r.md")]) == 0
+    assert "--mtp-encoder" in (tmp_path / "r.md").read_text()
