@@ -364,11 +364,7 @@ def segmentation_histograms(out: PerceptionOutput, info: RasterInfo, chunk_rows:
             from backend.aoi import mask_window, to_pixels
 
             if georef and CRS.from_string(info.crs) != src.crs:
-                import shapely
-                from rasterio.warp import transform_geom
-
-                aoi = shapely.geometry.shape(transform_geom(CRS.from_string(info.crs), src.crs,
-                                                            shapely.geometry.mapping(aoi)))
+                aoi = _reproject([aoi], CRS.from_string(info.crs), src.crs)[0]
             aoi_px = to_pixels(aoi, src.transform if georef else Affine(*info.transform))
         hist: list[np.ndarray] = [np.zeros(0, np.int64) for _ in range(4)]
         for r in range(row0, row0 + h, chunk_rows):
@@ -427,17 +423,26 @@ def read_objects(out: PerceptionOutput, to_crs: str | None = None) -> list[Detec
     shapes = shapely.from_wkb(geoms)
     if to_crs and _meta.get("crs") and len(shapes):
         from rasterio.crs import CRS
-        from rasterio.warp import transform_geom
 
         src_crs, dst_crs = CRS.from_user_input(_meta["crs"]), CRS.from_string(to_crs)
         if src_crs != dst_crs:
-            keep = [i for i, g in enumerate(shapes) if g is not None]
-            moved = transform_geom(src_crs, dst_crs, [shapely.geometry.mapping(shapes[i]) for i in keep])
-            shapes = np.array(shapes, dtype=object)
-            for i, g in zip(keep, moved, strict=True):
-                shapes[i] = shapely.geometry.shape(g)
+            shapes = _reproject(list(shapes), src_crs, dst_crs)
     return [DetectedObject(str(c), float(s), g, out.resolved_task())
             for c, s, g in zip(cls, score, shapes, strict=True) if g is not None]
+
+
+def _reproject(geoms: list, src_crs: Any, dst_crs: Any) -> list:
+    """Shapely geometries from ``src_crs`` to ``dst_crs`` in one call (None entries stay None)."""
+    import shapely
+    from rasterio.warp import transform_geom
+
+    keep = [i for i, g in enumerate(geoms) if g is not None]
+    out = list(geoms)
+    if keep:
+        moved = transform_geom(src_crs, dst_crs, [shapely.geometry.mapping(geoms[i]) for i in keep])
+        for i, g in zip(keep, moved, strict=True):
+            out[i] = shapely.geometry.shape(g)
+    return out
 
 
 def _vector_classes(path: Path, layer: str | None) -> list[str] | None:
@@ -830,10 +835,12 @@ def build_fact_sheet(raster: str, outputs: list[PerceptionOutput] | None = None,
                   data={"unlisted": len(kept) - top_n})
 
     # --- change against a second image: the share/area from the change map, the regions from its polygons
+    others: dict[tuple[str | None, bool], str] = {}  # a map and its polygons name the same image: open it once
     for out in outputs:
         if out.resolved_task() != CHANGE:
             continue
-        other = _other_image_text(out)
+        key = (out.other_raster, out.other_is_later)
+        other = others[key] = others.get(key) or _other_image_text(out)
         if out.is_raster():
             _change_share_facts(b, out, info, other, asked_km2, known, present, aoi)
             continue

@@ -260,9 +260,7 @@ def template_answer(question: str, sheet: FactSheet, intent: str,
                         if cnt and cnt.data["count"] > len(objs) else "")
                 georef = bool(sheet.info and sheet.info.crs)
                 lines.append(head + "; ".join(
-                    f"{f.data['object_id']} in the {f.data['quadrant']} quarter, pixel box "
-                    f"{f.data['pixel_box_xyxy']}"
-                    + (f", centre x={f.data['centre'][0]:.1f}, y={f.data['centre'][1]:.1f}" if georef else "")
+                    f"{f.data['object_id']} in the {f.data['quadrant']} quarter, {_box_and_centre(f.data, georef)}"
                     + _cite(f) for f in objs[:5]) + more + ".")
             elif f := _landcover_fact(sheet, key):
                 lc_name = name[:1].upper() + name[1:]  # it starts the sentence
@@ -305,6 +303,12 @@ def template_answer(question: str, sheet: FactSheet, intent: str,
         if change := _changed_share_sentence(sheet):
             lines.append(change)
     return " ".join(lines)
+
+
+def _box_and_centre(d: dict, georef: bool) -> str:
+    """``pixel box [x0, y0, x1, y1], centre x=.., y=..`` of an object or change-region fact (centre: map CRS)."""
+    return f"pixel box {d['pixel_box_xyxy']}" + (f", centre x={d['centre'][0]:.1f}, y={d['centre'][1]:.1f}"
+                                                 if georef else "")
 
 
 NO_CHANGE_MAP = ("I cannot tell what changed: no change map was computed for this image. Choose a second image "
@@ -355,8 +359,7 @@ def _change_answer(question: str, sheet: FactSheet) -> str:
                 size = area_text(d["area_m2"] / 1e6) if d.get("area_m2") else ""
                 loc = f"{d['quadrant']} quarter"
                 if where:
-                    loc += f", pixel box {d['pixel_box_xyxy']}" + (
-                        f", centre x={d['centre'][0]:.1f}, y={d['centre'][1]:.1f}" if georef else "")
+                    loc += f", {_box_and_centre(d, georef)}"
                 return f"{d['object_id']} ({', '.join(filter(None, (size, loc)))}){_cite(f)}"
 
             if listed:

@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 _STR = {"type": "string"}
 BACKEND_NAMES = ("template", "none", "builtin", "openai", "hf_dir")  # what chat.lm.make_backend knows
 COMPARE_ORDERS = ("later", "earlier")
+AOI_GEOMETRY = "_aoi_geometry"  # key _parse adds to the body: the request's aoi as one shapely geometry
 CHAT_REQUEST = {"type": "object", "required": ["raster", "question"], "properties": {
     "raster": {"type": "string", "minLength": 1, "pattern": "^(/|[A-Za-z]:[\\\\/])[^\\u0000]*$",
                "description": "absolute path of the selected raster layer's file"},
@@ -137,8 +138,7 @@ def _parse(body: Any) -> dict[str, Any]:
     if bbox is not None and (not isinstance(bbox, list) or len(bbox) != 4
                              or not all(isinstance(v, int | float) for v in bbox)):
         raise BadRequestError("'bbox' must be [minx, miny, maxx, maxy] in the raster's CRS, or null")
-    if body.get("aoi") is not None:
-        _aoi_geometry(body)  # invalid_aoi (400) with what to fix
+    aoi_geom = _aoi_geometry(body)  # invalid_aoi (400) with what to fix
     for key in ("outputs", "jobs", "history"):
         if body.get(key) is not None and not isinstance(body[key], list):
             raise BadRequestError(f"'{key}' must be a list")
@@ -189,7 +189,8 @@ def _parse(body: Any) -> dict[str, Any]:
                                 or ".." in re.split(r"[\\/]", out_dir)):
         raise BadRequestError("'output_dir' must be an absolute folder path without '..' (or left out for a "
                               "temporary folder)")
-    return body
+    # the polygons are validated and merged once per request (up to 50k vertices), not at every use
+    return {**body, AOI_GEOMETRY: aoi_geom}
 
 
 def _outputs_from_job(job: Any, app: Any, body_raster: str | None = None) -> list[PerceptionOutput]:
@@ -354,7 +355,7 @@ def _aoi_geometry(body: dict) -> Any:
 
 def _aoi_bbox(body: dict) -> list[float] | None:
     """The bbox the perception jobs run on for an ``aoi`` request (the facts then count inside the polygons)."""
-    geom = _aoi_geometry(body)
+    geom = body.get(AOI_GEOMETRY)
     return list(geom.bounds) if geom is not None else None
 
 
@@ -362,7 +363,7 @@ def get_sheet(body: dict, app: Any, status: Any = None, cancel: threading.Event 
     """The fact sheet for a ChatRequest, cached by (raster, bbox / aoi, output files, threshold)."""
     outs = _collect_outputs(body, app, status, cancel)
     thr = float(body.get("score_threshold", 0.3))
-    aoi = _aoi_geometry(body)
+    aoi = body.get(AOI_GEOMETRY)
     key = (_file_key(body["raster"]), tuple(body["bbox"]) if body.get("bbox") else None,
            aoi.wkb if aoi is not None else None, thr,
            tuple((_file_key(o.path), o.task, o.layer, tuple(o.classes or ()), o.other_raster, o.other_is_later)

@@ -201,6 +201,7 @@ def verify(answer: str, sheet: FactSheet, *, question: str = "", mode: str = "re
     object_ids = {f.data["object_id"] for f in sheet.facts if "object_id" in f.data}
     vocab = class_vocabulary(sheet)
     present = set(sheet.present_classes)
+    sheet_dates = {d for f in sheet.facts for d in dates_in(f.text)}
     kept: list[str] = []
     res = Verification(text="", ok=True)
     for sent in split_sentences(answer):
@@ -221,7 +222,7 @@ def verify(answer: str, sheet: FactSheet, *, question: str = "", mode: str = "re
             else:
                 where = f" cited ({', '.join(f.id for f in cited_here)})" if cited_here else ""
                 reasons.append(f"the number {v:g} is not in the{where} facts")
-        known_dates = {d for f in (cited_here or sheet.facts) for d in dates_in(f.text)}
+        known_dates = {d for f in cited_here for d in dates_in(f.text)} if cited_here else sheet_dates
         reasons += [f"the date {d[:4]}-{d[4:6]}-{d[6:]} is not in the{' cited' if cited_here else ''} facts"
                     for d in dates_in(sent) if d not in known_dates]
         if require_citation and not cited_here:
