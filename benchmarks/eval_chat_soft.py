@@ -12,11 +12,14 @@ that tell whether the soft tokens carry the image:
 * ``probe``: do the pooled encoder features carry the labels? A logistic probe on the global token predicts
   per-class presence (5-fold cross-validation over images 1-440, which holds no evaluation image; mean
   per-class ROC AUC). It reads the feature cache that ``rsfm-train chat-projector`` writes;
+* ``vision``: image-only questions, the direct test. The training's caption-group questions (counts of the
+  present classes and of 2 absent ones, presence; no fact sheet) on the 20 LM images, answered with the true
+  image's tokens, with the next image's tokens and with no tokens (same LM), against the constant answer;
 * ``paired``: paired tests read from the LM cache alone (no LM run). These are refusals of the unanswerable
   items, D4 vs D5, raw and verified; D5's answer modes (``free`` / ``fallback``); and D5's verified answers to
   the unanswerable and describe items.
 
-``control`` and ``latency`` need the torch engine (``RSFM_CHAT_ENGINE=torch``) and a trained projector folder.
+``control``, ``vision`` and ``latency`` need the torch engine (``RSFM_CHAT_ENGINE=torch``) and a trained projector folder.
 The NWPU VHR-10 folder defaults to ``$RSFM_DATA/nwpu_vhr10`` (``RSFM_DATA`` as in ``benchmarks/common.py``).
 
 Usage (the commands of docs/results/chat_soft_tokens.md; ``--out`` overwrites the committed copies)::
@@ -28,6 +31,8 @@ Usage (the commands of docs/results/chat_soft_tokens.md; ``--out`` overwrites th
         latency --projector /tmp/chat_soft/projector --out docs/results/chat_soft/d5_latency.json
     .venv/bin/python benchmarks/eval_chat_soft.py probe \\
         --features /tmp/chat_soft/features_rsfm-detection-nwpu-efflite0_g4_m1024.safetensors
+    RSFM_CHAT_ENGINE=torch .venv/bin/python benchmarks/eval_chat_soft.py vision --projector /tmp/chat_lora/projector \
+        --out docs/results/chat_soft/lora/vision.json
     .venv/bin/python benchmarks/eval_chat_soft.py paired --lm-cache /tmp/chat_eval/lm_cache.jsonl
 
 Without ``--out``, control and latency write under /tmp/chat_eval/; probe and paired only print.
@@ -248,6 +253,87 @@ def run_probe(args: argparse.Namespace) -> None:
           "always_absent_acc": (y == 0).float().mean().item()}, args.out)
 
 
+def parse_count(text: str) -> int | None:
+    """``There are 3 ships.`` → 3, ``There are no ships.`` / ``No.`` → 0, a number word → its value; None
+    when the answer states no count."""
+    import re
+
+    from backend.chat.facts import WORD_NUMBERS
+
+    m = re.search(r"\b(\d+|no|none|zero|" + "|".join(WORD_NUMBERS) + r")\b", text.lower())
+    if m is None:
+        return None
+    w = m.group(1)
+    return int(w) if w.isdigit() else 0 if w in ("no", "none", "zero") else WORD_NUMBERS[w]
+
+
+def run_vision(args: argparse.Namespace) -> None:
+    """Image-only questions (the training's caption group, no fact sheet) on held-out evaluation images: the
+    true image's soft tokens against another image's tokens and against no tokens at all (the same LM)."""
+    import random
+
+    from backend.chat.visual import load_soft_backend
+    from training.chat_projector import render_instructions
+
+    ev = eval_set(Path(args.data), args.first, args.last, args.lm_images)
+    cats = {c["id"]: c["name"] for c in ev.ann["categories"]}
+    counts: dict[int, dict[str, int]] = {iid: {} for iid in ev.lm_ids}
+    for a in ev.ann["annotations"]:
+        if a["image_id"] in counts:
+            counts[a["image_id"]][cats[a["category_id"]]] = counts[a["image_id"]].get(cats[a["category_id"]], 0) + 1
+    rng = random.Random(args.seed)  # noqa: S311  # nosec B311 (question sampling)
+    items = []  # (image id, question, answer kind, truth)
+    for iid in ev.lm_ids:
+        for smp in render_instructions(str(iid), counts[iid], ev.classes, None, rng):
+            q, t = smp.messages[0]["content"], smp.target
+            kind = "presence" if t in ("Yes.", "No.") else "describe" if t.startswith("The image shows") else "count"
+            if kind != "describe":  # counts and presence have one right answer; describe is free text
+                items.append((iid, q, kind, t == "Yes." if kind == "presence" else parse_count(t)))
+    factory = load_soft_backend(args.projector)
+    nxt = {a: ev.lm_ids[(k + 1) % len(ev.lm_ids)] for k, a in enumerate(ev.lm_ids)}
+    conditions = {"true image": lambda iid: factory.for_image(ev.files[iid]),
+                  "another image": lambda iid: factory.for_image(ev.files[nxt[iid]]),
+                  "no image": lambda iid: factory.lm}
+    answers: dict[str, list[str]] = {}
+    right: dict[str, dict[int, bool]] = {}
+    rows = []
+    t0 = time.perf_counter()
+    for name, backend_of in conditions.items():
+        answers[name], right[name] = [], {}
+        errs = []
+        for k, (iid, q, kind, truth) in enumerate(items):
+            a = backend_of(iid).generate([{"role": "user", "content": q}], max_tokens=args.max_tokens).strip()
+            answers[name].append(a)
+            if kind == "presence":
+                low = a.lower()
+                got = True if low.startswith("yes") else False if low.startswith("no") else None
+                right[name][k] = got is not None and got == truth
+            else:
+                n = parse_count(a)
+                right[name][k] = n == truth
+                errs.append(abs(n - truth) if n is not None else None)
+        for kind in ("count", "presence"):
+            idx = [k for k, it in enumerate(items) if it[2] == kind]
+            rows.append({"condition": name, "type": kind, "items": len(idx),
+                         "accuracy": sum(right[name][k] for k in idx) / len(idx)})
+        parsed = [e for e in errs if e is not None]
+        rows[-2]["mae_parsed"] = sum(parsed) / len(parsed) if parsed else None
+        rows[-2]["unparsed"] = len(errs) - len(parsed)
+        print(name, f"{time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
+    majority = {}
+    for kind in ("count", "presence"):  # the constant answer that is most often right on these items
+        truths = [it[3] for it in items if it[2] == kind]
+        best = max(set(truths), key=truths.count)
+        majority[kind] = {"answer": best, "accuracy": truths.count(best) / len(truths)}
+    emit({"protocol": f"images {args.first}-{args.last}, first {args.lm_images}; caption-group questions "
+                      f"(render_instructions, seed {args.seed}), no fact sheet, greedy, max_tokens {args.max_tokens}",
+          "projector": args.projector, "describe": factory.describe(), "rows": rows, "majority_constant": majority,
+          "mcnemar_true_vs_another": mcnemar_exact(right["true image"], right["another image"]),
+          "mcnemar_true_vs_none": mcnemar_exact(right["true image"], right["no image"]),
+          "examples": [{"q": it[1], "truth": it[3], **{c: answers[c][k] for c in conditions}}
+                       for k, it in enumerate(items[:12])]}, args.out)
+
+
 def run_paired(args: argparse.Namespace) -> None:
     ev = eval_set(Path(args.data), args.first, args.last, args.lm_images)
     items, sub = ev.items, ev.sub
@@ -314,6 +400,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", default=str(DEFAULT_FEATURES),
                    help="feature cache written by rsfm-train chat-projector (--cache-dir)")
     p.set_defaults(func=run_probe)
+
+    p = command("vision", "image-only questions (no facts): true image vs another image's tokens vs none",
+                "/tmp/chat_eval/d5_vision.json")
+    items_args(p)
+    p.add_argument("--projector", default=str(DEFAULT_PROJECTOR), help="trained projector folder")
+    p.add_argument("--max-tokens", type=int, default=16, help="answer length (the answers are one sentence)")
+    p.add_argument("--seed", type=int, default=0, help="question sampling")
+    p.set_defaults(func=run_vision)
 
     p = command("paired", "D4 vs D5 refusal tests, D5 answer modes and examples, from the LM cache", None)
     items_args(p)

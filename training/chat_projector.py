@@ -1,9 +1,10 @@
 """``rsfm-train chat-projector``: train the visual soft-token projector of the chat head (CHAT_DESIGN §6.2
 items 4-5, stage A; issue #7).
 
-The image encoder (the backbone of a model package) and the LM (SmolLM2-135M-Instruct) stay frozen; only
-:class:`backend.chat.visual.VisualProjector` learns. Its pooled encoder inputs are computed once per image and
-cached (``--cache-dir``).
+The image encoder (the backbone of a model package) stays frozen. :class:`backend.chat.visual.VisualProjector`
+learns, and with ``--lm-tuning lora`` or ``bias-scale`` so does a small adapter of the LM (SmolLM2-135M-Instruct;
+``backend.chat.lm_tuning``), with its own learning rate ``--lm-lr``; the LM's own weights never change. Pooled
+encoder inputs are computed once per image and cached (``--cache-dir``).
 
 Instructions are rendered from COCO labels of NWPU VHR-10 (MMRS-style: one question, one short answer):
 
@@ -18,7 +19,9 @@ Instructions are rendered from COCO labels of NWPU VHR-10 (MMRS-style: one quest
 Steps alternate between the groups. Every step takes one image and up to ``--batch`` of its questions: the
 prompt part before the soft tokens (system prompt + facts) does not depend on the projector, so it is run once
 without gradients and its KV cache is shared by the batch; only the soft tokens, the question and the answer
-are back-propagated (about 60-90 tokens instead of 300-500).
+are back-propagated (about 60-90 tokens instead of 300-500). With LM tuning the prefix does pass through the
+adapter (the forward pass is exact), but its keys and values are a stop-gradient: the adapter learns from the
+soft-token, question and answer positions only. This keeps a step at about the projector-only cost.
 
 Held-out loss is logged on images ``--val`` (default 441-460), with the true image's tokens and with another
 image's tokens (``shuffled``): when both are equal the projector learnt a fixed soft prompt, not the image.
@@ -41,6 +44,7 @@ from typing import Any
 import torch
 
 from backend.chat.facts import plural_class
+from backend.chat.lm_tuning import MODES
 
 DATA = Path("/work/shared/data/nwpu_vhr10")
 OUT_OF_VOCAB_TRAIN = ["golf course", "solar panel", "greenhouse", "lighthouse", "oil rig", "cemetery"]
@@ -163,7 +167,8 @@ def encode(lm: Any, s: Sample) -> Encoded:
 
 
 def batch_loss(lm: Any, projector: torch.nn.Module, feats: torch.Tensor, batch: list[Encoded]) -> torch.Tensor:
-    """Mean answer-token cross-entropy of ``batch`` (same image, same prefix) with ``feats`` (``N x D``)."""
+    """Mean answer-token cross-entropy of ``batch`` (one shared prefix) with ``feats``: ``N x D`` (one image for
+    every row) or ``B x N x D`` (one image per row)."""
     import torch.nn.functional as F
 
     model = lm.model
@@ -182,7 +187,7 @@ def batch_loss(lm: Any, projector: torch.nn.Module, feats: torch.Tensor, batch: 
     labels = torch.full((b, width), -100)
     for i, e in enumerate(batch):  # right padding: causal attention never lets a real token see the padding
         labels[i, e.n_prompt:len(e.suffix)] = torch.tensor(e.suffix[e.n_prompt:])
-    soft = projector(feats[None].expand(b, -1, -1))
+    soft = projector(feats if feats.ndim == 3 else feats[None].expand(b, -1, -1))
     n = soft.shape[1]
     with torch.no_grad():
         text = emb(ids)
@@ -219,24 +224,43 @@ def evaluate(lm: Any, projector: torch.nn.Module, feats: dict[str, torch.Tensor]
 def train_projector(lm: Any, projector: torch.nn.Module, feats: dict[str, torch.Tensor], train: list[Encoded],
                     val: list[Encoded] | None = None, *, steps: int = 300, batch: int = 4, lr: float = 5e-4,
                     weight_decay: float = 0.01, warmup: int = 20, seed: int = 0, max_minutes: float | None = None,
-                    eval_every: int = 100, log: Any = None) -> dict[str, Any]:
-    """AdamW on the projector only (LM frozen); cosine schedule after a linear warm-up; gradient clip 1.0.
+                    eval_every: int = 100, log: Any = None, lm_params: list[torch.nn.Parameter] | None = None,
+                    lm_lr: float = 2e-4, groups_cycle: list[str] | None = None,
+                    images_per_step: int = 1) -> dict[str, Any]:
+    """AdamW on the projector and, if given, the LM adapter's ``lm_params`` (learning rate ``lm_lr``, no weight
+    decay); every other LM weight is frozen. Cosine schedule after a linear warm-up; gradient clip 1.0 over all
+    trained parameters.
+
+    Step ``i`` trains on group ``groups_cycle[i % len(groups_cycle)]`` (default: every group in turn, sorted).
+    ``images_per_step``: rows of up to this many images per step, ``batch`` questions each, for groups whose
+    images share one prefix (the caption group: no fact sheet); a fact-sheet prefix differs per image, so
+    facts steps stay one image each.
 
     Returns the history: ``train`` (step, group, loss, seconds), ``val`` / ``val_shuffled`` per evaluation,
     ``steps_done``, ``wall_s``.
     """
+    tuned = {id(p) for p in lm_params or []}
     for p in lm.model.parameters():
-        p.requires_grad_(False)
+        p.requires_grad_(id(p) in tuned)
     rng = random.Random(seed)  # noqa: S311  # nosec B311 (sampling, not crypto)
     torch.manual_seed(seed)
     groups = group_batches(train)
     by_group: dict[str, list[tuple]] = {}
     for k in groups:
         by_group.setdefault(k[1], []).append(k)
-    names = sorted(by_group)
+    names = list(groups_cycle or sorted(by_group))
+    unknown = sorted(set(names) - set(by_group))
+    if unknown:
+        raise ValueError(f"no training instructions of group(s) {unknown}; groups are {sorted(by_group)}")
+    by_prefix: dict[tuple, list[tuple]] = {}  # (group, prefix) -> image keys sharing that prefix
+    for k in groups:
+        by_prefix.setdefault((k[1], k[2]), []).append(k)
     val_groups = group_batches(val) if val else None
-    params = [p for p in projector.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    proj_params = [p for p in projector.parameters() if p.requires_grad]
+    params = proj_params + list(lm_params or [])
+    opt = torch.optim.AdamW([{"params": proj_params},
+                             {"params": list(lm_params or []), "lr": lm_lr, "weight_decay": 0.0}],
+                            lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) /
                                                                                max(1, steps - warmup))))
@@ -267,9 +291,13 @@ def train_projector(lm: Any, projector: torch.nn.Module, feats: dict[str, torch.
             break
         grp = names[step % len(names)]
         key = rng.choice(by_group[grp])
-        pool = groups[key]
-        chosen = rng.sample(pool, min(batch, len(pool)))
-        loss = batch_loss(lm, projector, feats[key[0]], chosen)
+        keys = [key]
+        if images_per_step > 1:
+            mates = [k for k in by_prefix[(grp, key[2])] if k != key]
+            keys += rng.sample(mates, min(images_per_step - 1, len(mates)))
+        chosen = [e for k in keys for e in rng.sample(groups[k], min(batch, len(groups[k])))]
+        f = feats[key[0]] if len(keys) == 1 else torch.stack([feats[e.image] for e in chosen])
+        loss = batch_loss(lm, projector, f, chosen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -314,6 +342,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-minutes", type=float, default=None, help="stop training after this wall time")
     p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--groups", nargs="+", choices=["caption", "facts"], default=None,
+                   help="instruction groups of consecutive steps, cycled (default: caption facts); e.g. caption "
+                        "caption caption facts trains the image-only captions three times as often")
+    p.add_argument("--images-per-step", type=int, default=1,
+                   help="caption steps take --batch questions from each of this many images (one shared prefix)")
+    p.add_argument("--lm-tuning", choices=MODES, default="none",
+                   help="also tune the LM: LoRA on --lora-targets, or a scale and shift after every norm layer")
+    p.add_argument("--lm-lr", type=float, default=2e-4, help="learning rate of the LM adapter")
+    p.add_argument("--lora-rank", type=int, default=8)
+    p.add_argument("--lora-alpha", type=float, default=16.0)
+    p.add_argument("--lora-targets", nargs="+", default=["q_proj", "v_proj"],
+                   help="linear layers (last part of the module name) that get LoRA")
     p.add_argument("--cache-dir", default="/tmp/chat_soft",  # noqa: S108  # nosec B108 (a cache, not a secret)
                    help="where pooled encoder features are cached")
 
@@ -342,6 +382,7 @@ def _features(args: argparse.Namespace, files: dict[str, Path]) -> dict[str, tor
 def run(args: argparse.Namespace) -> int:
     from backend.chat.facts import build_fact_sheet, read_coco_objects
     from backend.chat.lm import BuiltinBackend
+    from backend.chat.lm_tuning import LMTuning, attach
     from backend.chat.visual import ProjectorConfig, VisualProjector, save_projector
 
     for name, (a, b) in (("--train", args.train), ("--val", args.val)):
@@ -383,19 +424,28 @@ def run(args: argparse.Namespace) -> int:
     in_ch = _scale_channels(args.encoder)
     cfg = ProjectorConfig(in_channels=in_ch, hidden_size=hidden, grid=args.grid, mlp_dim=args.mlp_dim,
                           encoder=args.encoder, max_side=args.max_side)
+    tuning = LMTuning(args.lm_tuning, args.lora_rank, args.lora_alpha, list(args.lora_targets))
+    cfg.lm_tuning = tuning.to_dict()
     projector = VisualProjector(cfg)
     emb_std = float(lm.model.get_input_embeddings().weight.float().std())
     projector.match_scale(emb_std)
+    torch.manual_seed(args.seed)  # the LoRA A init
+    lm_params = attach(lm.model, tuning)
+    print(f"LM tuning {tuning.mode}: {sum(p.numel() for p in lm_params):,} adapter parameters", file=sys.stderr)
     hist = train_projector(lm, projector, feats, enc["train"], enc["val"], steps=args.steps, batch=args.batch,
                            lr=args.lr, seed=args.seed, max_minutes=args.max_minutes, eval_every=args.eval_every,
-                           log=sys.stderr)
+                           log=sys.stderr, lm_params=lm_params, lm_lr=args.lm_lr, groups_cycle=args.groups,
+                           images_per_step=args.images_per_step)
     cfg.training = {"data": str(data), "train_images": list(args.train), "val_images": list(args.val),
                     "instructions": {"train": len(enc["train"]), "val": len(enc["val"])}, "seed": args.seed,
                     "steps": hist["steps_done"], "batch": args.batch, "lr": args.lr, "lm_dtype": lm.dtype,
+                    "lm_lr": args.lm_lr if lm_params else None, "groups": args.groups or ["caption", "facts"],
+                    "images_per_step": args.images_per_step,
+                    "lm_adapter_parameters": sum(p.numel() for p in lm_params),
                     "feature_s": round(feat_s, 1), "train_s": round(hist["wall_s"], 1),
                     "val": hist["val"], "val_shuffled": hist["val_shuffled"],
                     "command": " ".join(sys.argv)}
-    out = save_projector(args.out, projector)
+    out = save_projector(args.out, projector, lm.model)
     (out / "train_log.json").write_text(json.dumps(hist, indent=1) + "\n")
     print(f"projector written to {out}", file=sys.stderr)
     return 0

@@ -16,7 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("training.evaluate", "evaluate a model package or checkpoint on held-back data"),
     "export": ("training.export", "turn a training checkpoint into a model package (safetensors, ONNX)"),
     "push": ("training.hub", "publish a model package to a Hugging Face Hub"),
-    "chat-projector": ("training.chat_projector", "train the chat head's visual soft-token projector (LM frozen)"),
+    "chat-projector": ("training.chat_projector", "train the chat head's visual soft-token projector (and optionally a LoRA or bias/scale adapter of the LM)"),
 }
 
 

@@ -11,7 +11,8 @@ Only the transformers path can take embeddings (llama.cpp has no way to feed MTP
 tied to the LM it was trained for (SmolLM2-135M-Instruct, hidden 576): another LM needs a retrained projector.
 
 Directory format (``save_projector`` / ``load_projector``): ``projector.safetensors`` (weights only, loaded with
-safetensors: no pickle) and ``projector.json`` (shapes, the encoder package, the LM, training provenance).
+safetensors: no pickle) and ``projector.json`` (shapes, the encoder package, the LM, how the LM was tuned,
+training provenance); with LM tuning also ``lm_adapter.safetensors`` (``backend.chat.lm_tuning``).
 
 Entry point for evaluation and the plugin::
 
@@ -54,6 +55,8 @@ class ProjectorConfig:
         encoder: model package whose backbone gives the features (a name under resources/models or a path).
         max_side: images are downscaled so that their longer side is at most this many pixels.
         lm: the LM the projector was trained for (informative; a projector does not transfer to another LM).
+        lm_tuning: how the LM was tuned with the projector (:class:`backend.chat.lm_tuning.LMTuning` as a dict;
+            mode ``none``: frozen, the default and the only mode of projectors written before it existed).
         training: free-form provenance written by the training script.
     """
 
@@ -64,6 +67,7 @@ class ProjectorConfig:
     encoder: str = DEFAULT_ENCODER
     max_side: int = 1024
     lm: str = "SmolLM2-135M-Instruct"
+    lm_tuning: dict[str, Any] = field(default_factory=lambda: {"mode": "none"})
     training: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -82,7 +86,7 @@ class ProjectorConfig:
         if d.get("format") != FORMAT:
             raise LMError(f"not a chat projector config (format {d.get('format')!r}, expected {FORMAT!r}); point "
                           "the soft-token backend at the folder written by `rsfm-train chat-projector`")
-        keys = {"in_channels", "hidden_size", "grid", "mlp_dim", "encoder", "max_side", "lm", "training"}
+        keys = {"in_channels", "hidden_size", "grid", "mlp_dim", "encoder", "max_side", "lm", "lm_tuning", "training"}
         return cls(**{k: v for k, v in d.items() if k in keys})
 
 
@@ -132,14 +136,21 @@ class VisualProjector(nn.Module):
         self.fc2.bias.zero_()
 
 
-def save_projector(out_dir: str | Path, projector: VisualProjector) -> Path:
-    """Write ``projector.safetensors`` + ``projector.json`` into ``out_dir``."""
+def save_projector(out_dir: str | Path, projector: VisualProjector, lm_model: nn.Module | None = None) -> Path:
+    """Write ``projector.safetensors`` + ``projector.json`` into ``out_dir``, and the LM adapter of ``lm_model``
+    (``lm_adapter.safetensors``) when ``projector.cfg.lm_tuning`` tunes the LM."""
     from safetensors.torch import save_file
+
+    from backend.chat.lm_tuning import LMTuning, save_adapter
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().float().contiguous() for k, v in projector.state_dict().items()}
     save_file(state, str(out / WEIGHTS_FILE), metadata={"format": FORMAT})
+    if LMTuning.from_dict(projector.cfg.lm_tuning).mode != "none":
+        if lm_model is None:
+            raise ValueError("this projector was trained with LM tuning: pass the adapted LM to save its adapter")
+        save_adapter(out, lm_model)
     (out / CONFIG_FILE).write_text(json.dumps(projector.cfg.to_dict(), indent=2) + "\n")
     return out
 
@@ -278,7 +289,7 @@ def splice(embeds: torch.Tensor, soft: torch.Tensor, pos: int) -> torch.Tensor:
 
 
 class SoftTokenBackend(ChatBackend):
-    """The built-in LM with one image's soft tokens in the prompt (greedy decoding, LM frozen).
+    """The built-in LM (or its adapted copy) with one image's soft tokens in the prompt (greedy decoding).
 
     Args:
         lm: a ``backend.chat.lm._TorchLM`` (the cached built-in model, or a test model).
@@ -355,19 +366,26 @@ class SoftBackendFactory:
     def describe(self) -> dict[str, Any]:
         c = self.projector.cfg
         return {"name": self.name, "projector": self.projector_dir, "encoder": c.encoder, "grid": c.grid,
-                "soft_tokens": c.num_tokens, "lm": c.lm, **self.lm.describe()}
+                "soft_tokens": c.num_tokens, "lm": c.lm, "lm_tuning": c.lm_tuning.get("mode", "none"), **self.lm.describe()}
 
 
-def load_soft_backend(path: str | Path, lm: Any = None) -> SoftBackendFactory:
-    """Projector directory → :class:`SoftBackendFactory` (encoder from the projector's package, the cached
-    built-in SmolLM2 on the torch engine unless ``lm`` is given).
+def load_soft_backend(path: str | Path, lm: Any = None, extractor: FeatureExtractor | None = None
+                      ) -> SoftBackendFactory:
+    """Projector directory → :class:`SoftBackendFactory` (encoder from the projector's package unless
+    ``extractor`` is given, the cached built-in SmolLM2 on the torch engine unless ``lm`` is given). A projector
+    trained with LM tuning gets its own adapted copy of the LM; ``lm`` itself is not changed.
 
     Raises:
-        LMError: the projector or encoder cannot be loaded, or its width does not match the LM's.
+        LMError: the projector, its LM adapter or the encoder cannot be loaded, or its width does not match the
+            LM's.
     """
+    from backend.chat.lm_tuning import LMTuning, adapted_copy
+
     projector = load_projector(path)
     cfg = projector.cfg
-    extractor = FeatureExtractor.from_package(cfg.encoder, cfg.grid, cfg.max_side)
+    tuning = LMTuning.from_dict(cfg.lm_tuning)
+    if extractor is None:
+        extractor = FeatureExtractor.from_package(cfg.encoder, cfg.grid, cfg.max_side)
     if lm is None:
         from backend.chat.lm import BuiltinBackend
 
@@ -379,7 +397,7 @@ def load_soft_backend(path: str | Path, lm: Any = None) -> SoftBackendFactory:
     if width != cfg.hidden_size:
         raise LMError(f"projector in {path} outputs width {cfg.hidden_size} but the LM's embeddings are {width} "
                       f"wide; it was trained for {cfg.lm}. Retrain it for this LM")
-    return SoftBackendFactory(projector, extractor, lm, str(path))
+    return SoftBackendFactory(projector, extractor, adapted_copy(lm, tuning, path), str(path))
 
 
 __all__ = ["ProjectorConfig", "VisualProjector", "FeatureExtractor", "SoftTokenBackend", "SoftBackendFactory",

@@ -345,3 +345,15 @@ def test_change_eval_gt_map_is_exact_and_model_runs(tmp_path, monkeypatch):
     assert g["verified"] == g["answers"] == g["routed_to_change"] == 2 and g["regions_exact"] == 1
     assert pair["gt_map"]["where"]["drawn"] == ["C1", "C2"]
     assert res["summary"]["model"]["routed_to_change"] == 2 and pair["model"]["fact_share_pct"] is not None
+
+
+def test_vision_check_reads_counts_from_answers():
+    """eval_chat_soft.py vision: the count an image-only answer states (None when it states none)."""
+    import eval_chat_soft
+
+    pc = eval_chat_soft.parse_count
+    assert pc("There are 3 ships.") == 3
+    assert pc("There are no bridges.") == 0 and pc("No.") == 0
+    assert pc("There is one harbor.") == 1 and pc("I see twelve vehicles") == 12
+    assert pc("There are ships.") is None
+    assert pc("There are 14 storage tanks and 2 ships.") == 14  # the first count stated

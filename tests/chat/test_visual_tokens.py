@@ -170,3 +170,47 @@ def test_factory_reads_image_and_caches(lm, tmp_path):
     assert fac.for_image(img).tokens is be.tokens  # cached per image
     assert len(fac.encode_s) == 1
     assert fac.describe()["soft_tokens"] == 5
+
+
+def test_projector_with_lm_adapter_round_trip(lm, tmp_path):
+    """A projector trained with LoRA saves its adapter beside it; loading gives an adapted copy of the LM whose
+    soft-token logits equal the trained model's, and the shared LM stays as it was."""
+    import copy
+
+    import numpy as np
+    import rasterio
+
+    from backend.chat.lm_tuning import ADAPTER_FILE, LMTuning, attach
+    from backend.chat.visual import load_soft_backend
+
+    img = tmp_path / "chip.tif"
+    with rasterio.open(img, "w", driver="GTiff", width=64, height=64, count=3, dtype="uint8") as dst:
+        dst.write(np.random.default_rng(1).integers(0, 255, (3, 64, 64), dtype=np.uint8))
+    torch.manual_seed(4)
+    ext = FeatureExtractor(TinyEncoder(), [127.5] * 3, [127.5] * 3, grid=2, max_side=64)
+    tuning = LMTuning("lora", rank=2, alpha=4)
+    proj = VisualProjector(cfg(lm_tuning=tuning.to_dict()))
+    trained = copy.deepcopy(lm.model)
+    with torch.no_grad():
+        for p in attach(trained, tuning):
+            p.normal_(0, 0.3)
+    with pytest.raises(ValueError, match="pass the adapted LM"):
+        save_projector(tmp_path / "p", proj)
+    save_projector(tmp_path / "p", proj, trained)
+    assert (tmp_path / "p" / ADAPTER_FILE).is_file()
+    ids = lm.prompt_ids(MSGS)
+    with torch.no_grad():
+        tokens = proj(ext(img)[None])[0]
+        want = trained(inputs_embeds=SoftTokenBackend(lm, tokens).embed_fn(MSGS)(ids)).logits
+        plain = lm.model(input_ids=ids).logits
+    fac = load_soft_backend(tmp_path / "p", lm=lm, extractor=ext)
+    assert fac.lm is not lm and fac.describe()["lm_tuning"] == "lora"
+    be = fac.for_image(img)
+    with torch.no_grad():
+        got = fac.lm.model(inputs_embeds=be.embed_fn(MSGS)(ids)).logits
+        assert torch.allclose(got, want, atol=1e-6)
+        assert torch.equal(lm.model(input_ids=ids).logits, plain)  # the shared LM is not adapted
+    assert all(w in WORDS for w in be.generate(MSGS, max_tokens=4).split())
+    (tmp_path / "p" / ADAPTER_FILE).unlink()
+    with pytest.raises(LMError, match="cannot read the LM adapter"):
+        load_soft_backend(tmp_path / "p", lm=lm, extractor=ext)

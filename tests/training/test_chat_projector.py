@@ -143,3 +143,46 @@ def test_cli_refuses_evaluation_images():
     args = p.parse_args(["--out", "/nonexistent", "--val", "450", "470"])
     with pytest.raises(SystemExit, match="chat evaluation"):
         run(args)
+
+
+@pytest.mark.parametrize("mode", ["lora", "bias-scale"])
+def test_projector_with_lm_tuning_trains_both(mode):
+    """--lm-tuning: the adapter trains with the projector (its own learning rate), the LM's weights stay."""
+    from backend.chat.lm_tuning import LMTuning, attach
+
+    lm = tiny_lm()
+    feats, enc, proj = _toy(lm)
+    base = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    lm_params = attach(lm.model, LMTuning(mode, rank=2, alpha=4))
+    start = [p.detach().clone() for p in lm_params]
+    groups = group_batches(enc)
+    before = evaluate(lm, proj, feats, groups)["all"]
+    hist = train_projector(lm, proj, feats, enc, enc, steps=40, batch=1, lr=1e-2, warmup=2, eval_every=0,
+                           lm_params=lm_params, lm_lr=1e-2)
+    after = evaluate(lm, proj, feats, groups)["all"]
+    assert hist["steps_done"] == 40 and after < 0.5 * before
+    assert all(p.requires_grad for p in lm_params)
+    assert sum(p.requires_grad for p in lm.model.parameters()) == len(lm_params)
+    assert any(not torch.equal(p, s) for p, s in zip(lm_params, start, strict=True))  # the adapter moved
+    now = {k.replace(".base.", "."): v for k, v in lm.model.state_dict().items()}
+    assert all(torch.equal(now[k], v) for k, v in base.items())  # the LM's own weights did not
+
+
+def test_rows_of_several_images_share_a_prefix(lm):
+    """B x N x D features: each row gets its own image's tokens; the loss is the token-weighted mean of the
+    single-image losses, and a training step can mix images (--images-per-step)."""
+    feats, enc, proj = _toy(lm)
+    assert enc[0].prefix == enc[1].prefix and enc[0].image != enc[1].image
+    with torch.no_grad():
+        both = float(batch_loss(lm, proj, torch.stack([feats["a"], feats["b"]]), enc))
+        la, lb = float(batch_loss(lm, proj, feats["a"], enc[:1])), float(batch_loss(lm, proj, feats["b"], enc[1:]))
+    assert both == pytest.approx((la + lb) / 2, rel=1e-4)  # one answer token + end each
+    groups = group_batches(enc)
+    before = evaluate(lm, proj, feats, groups)["all"]
+    hist = train_projector(lm, proj, feats, enc, None, steps=25, batch=1, lr=1e-2, warmup=2, eval_every=0,
+                           images_per_step=2, groups_cycle=["facts"])
+    assert hist["steps_done"] == 25
+    assert evaluate(lm, proj, feats, groups)["all"] < 0.5 * before
+    assert evaluate(lm, proj, feats, groups, shuffle=True)["all"] > evaluate(lm, proj, feats, groups)["all"] + 1.0
+    with pytest.raises(ValueError, match=r"no training instructions of group\(s\) \['caption'\]"):
+        train_projector(lm, proj, feats, enc, None, steps=1, groups_cycle=["caption"])
