@@ -117,15 +117,16 @@ def render(cells: list[dict], notes: str = "", grid_argvs: list[list[str]] | Non
             n = summaries[metrics[0]][key][2]
             vals = " | ".join(_pct(*summaries[m][key][:2]) if key in summaries[m] else "-" for m in metrics)
             lines.append(f"| {init} | {frac:g} | {n} | {vals} |")
-        lines += ["", f"Paired difference {TREATMENT} minus {BASELINE} (same seed = same label subset and data "
-                      "order), percentage points, 95 % t-interval over the per-seed differences:", "",
-                  "| label fraction | n pairs | " + " | ".join(f"Δ {m} (95 % CI)" for m in metrics) + " |",
-                  "|" + "---|" * (2 + len(metrics))]
-        diffs = {m: paired_differences(tc, m) for m in metrics}
-        for key in sorted(diffs[metrics[0]], key=lambda k: k[1]):
-            n = diffs[metrics[0]][key][2]
-            vals = " | ".join(_signed(*diffs[m][key][:2]) if key in diffs[m] else "-" for m in metrics)
-            lines.append(f"| {key[1]:g} | {n} | {vals} |")
+        for treatment, baseline in mtp_pairs({c["init"] for c in tc}):
+            lines += ["", f"Paired difference {treatment} minus {baseline} (same seed = same label subset and data "
+                          "order), percentage points, 95 % t-interval over the per-seed differences:", "",
+                      "| label fraction | n pairs | " + " | ".join(f"Δ {m} (95 % CI)" for m in metrics) + " |",
+                      "|" + "---|" * (2 + len(metrics))]
+            diffs = {m: paired_differences(tc, m, treatment, baseline) for m in metrics}
+            for key in sorted(diffs[metrics[0]], key=lambda k: k[1]):
+                n = diffs[metrics[0]][key][2]
+                vals = " | ".join(_signed(*diffs[m][key][:2]) if key in diffs[m] else "-" for m in metrics)
+                lines.append(f"| {key[1]:g} | {n} | {vals} |")
         lines.append("")
     if notes:
         lines += [notes.rstrip(), ""]
@@ -133,11 +134,17 @@ def render(cells: list[dict], notes: str = "", grid_argvs: list[list[str]] | Non
     return "\n".join(lines) + "\n"
 
 
+def mtp_pairs(inits: set[str]) -> list[tuple[str, str]]:
+    """``(treatment, baseline)`` pairs present in ``inits``: every ``X+mtp`` with its ``X`` (imp, random)."""
+    return [(i, i.removesuffix("+mtp")) for i in sorted(inits) if i.endswith("+mtp") and i.removesuffix("+mtp") in inits]
+
+
 def _commands_section(cells: list[dict], grid_argvs: list[list[str]] | None = None) -> list[str]:
     train_cpu = sum(c.get("train_cpu_s", 0.0) for c in cells)
     eval_cpu = sum(c.get("eval_cpu_s", 0.0) for c in cells)
     wall = sum(c.get("train_wall_s", 0.0) + c.get("eval_wall_s", 0.0) for c in cells)
-    ex = next((c for c in cells if c["init"] == BASELINE), cells[0])
+    pairs = mtp_pairs({c["init"] for c in cells}) or [(TREATMENT, BASELINE)]
+    ex = next((c for c in cells if c["init"] == pairs[0][1]), cells[0])
     lines = ["## Cost and exact commands", "",
              f"{len(cells)} cells; CPU time {train_cpu / 60:.1f} min training + {eval_cpu / 60:.1f} min test "
              f"evaluation (user + system of the child processes; {train_cpu / len(cells):.0f} s + "
@@ -148,9 +155,9 @@ def _commands_section(cells: list[dict], grid_argvs: list[list[str]] | None = No
                   *("OMP_NUM_THREADS=1 " + shlex.join(a) for a in grid_argvs), "```", ""]
     lines += [f"One cell ({ex['cell']}), as run by the grid:", "", "```",
              shlex.join(ex["finetune_argv"]), shlex.join(ex["evaluate_argv"]), "```", ""]
-    mtp = next((c for c in cells if c["init"] == TREATMENT), None)
+    mtp = next((c for c in cells if c["init"] == pairs[0][0]), None)
     if mtp is not None and mtp is not ex:
-        lines += [f"An {TREATMENT} cell ({mtp['cell']}) differs only in `--backbone-weights` (and `--out`):", "", "```",
+        lines += [f"An {pairs[0][0]} cell ({mtp['cell']}) differs only in `--backbone-weights` (and `--out`):", "", "```",
                   shlex.join(mtp["finetune_argv"]), "```", ""]
     return lines
 

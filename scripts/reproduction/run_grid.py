@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Run the label-efficiency reproduction grid: init (IMP / IMP+MTP) x label fraction x seed, one task.
+"""Run the label-efficiency reproduction grid: init (IMP / IMP+MTP, or random / random+MTP) x label fraction x
+seed, one task.
 
 Each *cell* is one ``rsfm-train finetune`` run with a fixed step budget followed by one
 ``rsfm-train evaluate`` of its **last** checkpoint on the held-back test split. Nothing is chosen on the
@@ -37,8 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-#: init name -> does the cell load the MTP encoder on top of the ImageNet weights.
-INITS = {"imp": False, "imp+mtp": True}
+#: init name -> (starts from the backbone's ImageNet weights, loads the MTP encoder on top).
+INITS = {"imp": (True, False), "imp+mtp": (True, True), "random": (False, False), "random+mtp": (False, True)}
 DEFAULT_MTP_ENCODER = "runs/mtp/effl0_imp/encoder.safetensors"
 
 
@@ -83,8 +84,9 @@ def cell_done(cell_dir: Path) -> bool:
 def finetune_argv(cell: Cell, args: argparse.Namespace, cell_dir: Path) -> list[str]:
     """The ``rsfm-train finetune`` command of one cell (fixed step budget: one 'epoch' of ``--steps`` steps,
     so validation runs once, at the end, and never steers anything)."""
-    argv = [args.rsfm_train, "finetune", "--task", cell.task, "--backbone", args.backbone, "--pretrained",
-            "--data", args.data, "--dataset", args.dataset, "--out", str(cell_dir), "--seed", str(cell.seed),
+    imagenet, mtp = INITS[cell.init]
+    argv = [args.rsfm_train, "finetune", "--task", cell.task, "--backbone", args.backbone,
+            "--pretrained" if imagenet else "--no-pretrained", "--data", args.data, "--dataset", args.dataset, "--out", str(cell_dir), "--seed", str(cell.seed),
             "--label-fraction", f"{cell.fraction:g}", "--max-steps", str(args.steps),
             "--steps-per-epoch", str(args.steps), "--batch-size", str(args.batch_size),
             "--crop-size", str(args.crop_size), "--lr", f"{args.lr:g}", "--weight-decay", f"{args.weight_decay:g}",
@@ -92,7 +94,7 @@ def finetune_argv(cell: Cell, args: argparse.Namespace, cell_dir: Path) -> list[
     if cell.task == "scene_classification":
         argv += ["--val-fraction", f"{args.val_fraction:g}", "--test-fraction", f"{args.test_fraction:g}",
                  "--scale-min", "0.86", "--scale-max", "1.2"]
-    if INITS[cell.init]:
+    if mtp:
         argv += ["--backbone-weights", args.mtp_encoder]
     return argv + list(args.finetune_arg)
 
@@ -166,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="dataset root folder")
     p.add_argument("--dataset", default="auto", help="rsfm-train finetune --dataset")
     p.add_argument("--inits", default="imp,imp+mtp", help=f"comma list from {', '.join(INITS)}")
-    p.add_argument("--mtp-encoder", default=DEFAULT_MTP_ENCODER, help="MTP encoder weights for the imp+mtp init")
+    p.add_argument("--mtp-encoder", default=DEFAULT_MTP_ENCODER, help="MTP encoder weights for the +mtp inits")
     p.add_argument("--fractions", type=_floats, default=[0.01, 0.1, 1.0], help="label fractions, comma list")
     p.add_argument("--seeds", type=_ints, default=[0, 1, 2], help="comma list")
     p.add_argument("--steps", type=int, default=40, help="fixed optimiser steps per cell (last checkpoint is used)")
@@ -192,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     inits = [i.strip() for i in args.inits.split(",") if i.strip()]
     cells = grid_cells(args.task, inits, args.fractions, args.seeds)
-    if any(INITS[c.init] for c in cells) and not (REPO / args.mtp_encoder).is_file() \
+    if any(INITS[c.init][1] for c in cells) and not (REPO / args.mtp_encoder).is_file() \
             and not Path(args.mtp_encoder).is_file():
         raise FileNotFoundError(f"MTP encoder {args.mtp_encoder} not found; run rsfm-train mtp first or pass "
                                 "--mtp-encoder PATH (or --inits imp)")

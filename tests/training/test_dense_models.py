@@ -139,3 +139,15 @@ def test_layer_decay_off_for_cnn_backbone():
     assert {g["lr_scale"] for g in groups} == {1.0}
     no_decay = [g for g in groups if g["weight_decay"] == 0.0]
     assert no_decay and all(p.ndim <= 1 for g in no_decay for p in g["params"])
+
+
+def test_vit_scene_classifier_takes_whole_scenes_of_any_size():
+    """A 150 px scene (AID's size) is resized to the nearest multiple of the ViT patch (144), not refused."""
+    torch.manual_seed(0)
+    model = create_model("scene_classifier", backbone="vit_t_rvsa", num_classes=5,
+                         backbone_kwargs={"img_size": 64}).eval()
+    x = torch.randn(2, 3, 150, 150)
+    with torch.no_grad():
+        got = model(x)
+        want = model(torch.nn.functional.interpolate(x, size=(144, 144), mode="bilinear", align_corners=False))
+    assert got.shape == (2, 5) and torch.allclose(got, want, atol=1e-5)

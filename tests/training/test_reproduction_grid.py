@@ -118,6 +118,14 @@ def test_imp_cells_do_not_load_the_mtp_encoder(tmp_path):
     assert "--backbone-weights" not in ft and "--pretrained" in ft
 
 
+@pytest.mark.parametrize(("init", "imagenet", "mtp"), [("random", False, False), ("random+mtp", False, True),
+                                                      ("imp+mtp", True, True)])
+def test_random_inits_start_without_imagenet_weights(tmp_path, init, imagenet, mtp):
+    ft = grid.finetune_argv(grid.Cell("scene_classification", init, 0.1, 0), _args(tmp_path), tmp_path)
+    assert ("--pretrained" in ft) == imagenet and ("--no-pretrained" in ft) == (not imagenet)
+    assert ("--backbone-weights" in ft) == mtp
+
+
 # ------------------------------------------------------------------------------------------- aggregate
 def test_t_interval_matches_the_textbook_formula():
     mean, half, n = agg.t_interval([0.70, 0.72, 0.74])
@@ -209,3 +217,14 @@ def test_tiny_grid_runs_real_commands_resumes_and_aggregates(tmp_path, capsys):
     assert json.loads((tmp_path / "runs" / "grid.imp_imp-mtp.json").read_text())["argv"][-len(argv):] == argv
     assert agg.main(["--root", str(tmp_path / "runs"), "--out", str(tmp_path / "r.md")]) == 0
     assert "--mtp-encoder" in (tmp_path / "r.md").read_text()
+
+
+def test_each_mtp_init_is_paired_with_its_start():
+    assert agg.mtp_pairs({"imp", "imp+mtp", "random", "random+mtp"}) == [("imp+mtp", "imp"),
+                                                                         ("random+mtp", "random")]
+    assert agg.mtp_pairs({"random+mtp"}) == []  # nothing to pair with
+    cells = [_cell(i, 0.1, s, 0.1 + 0.01 * s + (0.05 if i == "random+mtp" else 0.0))
+             for i in ("random", "random+mtp") for s in (0, 1)]
+    text = agg.render(cells, notes="")
+    assert "Paired difference random+mtp minus random" in text and "| 0.1 | 2 | +5.0 (+5.0 to +5.0)" in text
+    assert "imp" not in text.replace("random", "")

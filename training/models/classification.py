@@ -27,6 +27,13 @@ class SceneClassifier(nn.Module):
         self.num_classes = num_classes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # ViTs take whole patches only: a whole scene of another size (AID thumbnails are 150 px) is resized to
+        # the nearest multiple of the patch size, which keeps all of the scene (padding would dilute the pooling)
+        m = int(getattr(getattr(self.backbone, "cfg", None), "patch_size", 1))
+        h, w = x.shape[-2:]
+        if m > 1 and (h % m or w % m):
+            size = (max(m, round(h / m) * m), max(m, round(w / m) * m))
+            x = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
         feats = self.backbone.forward_intermediates(x)
         pooled = feats[-1].mean(dim=(2, 3))  # B x C of the deepest level
         return self.head(self.dropout(pooled))
