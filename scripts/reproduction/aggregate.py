@@ -134,6 +134,12 @@ def render(cells: list[dict], notes: str = "", grid_argvs: list[list[str]] | Non
     return "\n".join(lines) + "\n"
 
 
+def launch_command(record: dict) -> list[str]:
+    """A ``grid*.json`` launch record as the command line that ran it, with its ``OMP_NUM_THREADS`` (records
+    written before the variable was recorded were all launched with 1)."""
+    return [f"OMP_NUM_THREADS={record.get('omp_num_threads') or 1}", *record["argv"]]
+
+
 def mtp_pairs(inits: set[str]) -> list[tuple[str, str]]:
     """``(treatment, baseline)`` pairs present in ``inits``: every ``X+mtp`` with its ``X`` (imp, random)."""
     return [(i, i.removesuffix("+mtp")) for i in sorted(inits) if i.endswith("+mtp") and i.removesuffix("+mtp") in inits]
@@ -152,7 +158,7 @@ def _commands_section(cells: list[dict], grid_argvs: list[list[str]] | None = No
     if grid_argvs:
         lines += [f"The grid, as launched (from the repository root, in the background"
                   f"{', the launches side by side' if len(grid_argvs) > 1 else ''}):", "", "```",
-                  *("OMP_NUM_THREADS=1 " + shlex.join(a) for a in grid_argvs), "```", ""]
+                  *(shlex.join(a) for a in grid_argvs), "```", ""]
     lines += [f"One cell ({ex['cell']}), as run by the grid:", "", "```",
              shlex.join(ex["finetune_argv"]), shlex.join(ex["evaluate_argv"]), "```", ""]
     mtp = next((c for c in cells if c["init"] == pairs[0][0]), None)
@@ -171,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     notes = Path(args.notes).read_text() if args.notes else ""
     # grid.json: a root written before launches were recorded one file each
-    grid_argvs = [json.loads(f.read_text())["argv"] for f in sorted(Path(args.root).glob("grid*.json"))]
+    grid_argvs = [launch_command(json.loads(f.read_text())) for f in sorted(Path(args.root).glob("grid*.json"))]
     text = render(load_cells(Path(args.root)), notes, grid_argvs, **({"title": args.title} if args.title else {}))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

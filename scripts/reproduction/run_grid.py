@@ -208,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     (root / f"grid.{args.inits.replace(',', '_').replace('+', '-')}.json").write_text(
         json.dumps({"argv": [sys.executable, str(Path(__file__).resolve().relative_to(REPO)),
                              *(sys.argv[1:] if argv is None else argv)],
+                    "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                     "cells": [c.name for c in cells]}, indent=2) + "\n")
     for c in cells:
         run_cell(c, args)

@@ -176,12 +176,14 @@ def test_render_and_load_cells_from_disk(tmp_path):
     (tmp_path / "unfinished").mkdir()  # no test.json: not a result
     cells = agg.load_cells(tmp_path)
     assert len(cells) == 8
-    text = agg.render(cells, notes="NOTE-TEXT", grid_argvs=[["python", "run_grid.py", "--seeds", "0,1"],
-                                                            ["python", "run_grid.py", "--inits", "imp+mtp"]])
+    launches = [{"argv": ["python", "run_grid.py", "--seeds", "0,1"]},  # recorded before omp_num_threads was
+                {"argv": ["python", "run_grid.py", "--inits", "imp+mtp"], "omp_num_threads": "2"}]
+    text = agg.render(cells, notes="NOTE-TEXT", grid_argvs=[agg.launch_command(r) for r in launches])
     assert "| imp | 0.01 | 2 | 50.5 (" in text and "| imp+mtp | 1 | 2 | 53.5 (" in text
     assert "| 0.01 | 2 | +3.0 (+3.0 to +3.0)" in text  # constant paired difference, zero width
     assert "NOTE-TEXT" in text and "rsfm-train finetune" in text and "8 cells" in text
-    assert "OMP_NUM_THREADS=1 python run_grid.py --seeds 0,1" in text and "run_grid.py --inits imp+mtp" in text
+    assert "OMP_NUM_THREADS=1 python run_grid.py --seeds 0,1" in text
+    assert "OMP_NUM_THREADS=2 python run_grid.py --inits imp+mtp" in text
     assert "the launches side by side" in text
     assert "One cell (scene_classification__imp__" in text  # the baseline is the example, not glob order
     with pytest.raises(ValueError, match="no finished cells"):
