@@ -204,8 +204,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{'done' if cell_done(root / c.name) else 'todo'} {c.name}")
         return 0
     root.mkdir(parents=True, exist_ok=True)
-    # one record per launch: grids for different inits may run at the same time into one root (one per core)
-    (root / f"grid.{args.inits.replace(',', '_').replace('+', '-')}.json").write_text(
+    # one record per launch: grids for different inits or seeds may run at the same time into one root (one per
+    # core), or be added later (more seeds)
+    seeds = "_".join(str(s) for s in args.seeds)
+    (root / f"grid.{args.inits.replace(',', '_').replace('+', '-')}.s{seeds}.json").write_text(
         json.dumps({"argv": [sys.executable, str(Path(__file__).resolve().relative_to(REPO)),
                              *(sys.argv[1:] if argv is None else argv)],
                     "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),

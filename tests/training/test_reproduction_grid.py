@@ -215,8 +215,8 @@ def test_tiny_grid_runs_real_commands_resumes_and_aggregates(tmp_path, capsys):
     assert capsys.readouterr().out.count("skip ") == 2
     text = agg.render(cells)
     assert "| 1 | 1 | " in text  # one pair at fraction 1
-    # the launch is recorded per --inits, so grids for different inits can share a root concurrently
-    assert json.loads((tmp_path / "runs" / "grid.imp_imp-mtp.json").read_text())["argv"][-len(argv):] == argv
+    # the launch is recorded per --inits and --seeds, so grids for different inits or seeds can share a root
+    assert json.loads((tmp_path / "runs" / "grid.imp_imp-mtp.s0.json").read_text())["argv"][-len(argv):] == argv
     assert agg.main(["--root", str(tmp_path / "runs"), "--out", str(tmp_path / "r.md")]) == 0
     assert "--mtp-encoder" in (tmp_path / "r.md").read_text()
 
