@@ -68,7 +68,7 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-from backend.chat.facts import ID_PATTERN, plural_class
+from backend.chat.facts import ID_PATTERN, coco_class_counts, plural_class
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path("/work/shared/data/nwpu_vhr10")
@@ -117,12 +117,10 @@ def bootstrap_ci(xs: list[float], n: int = 2000, seed: int = 0) -> tuple[float, 
 def build_items(ann: dict, image_ids: list[int], seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     cats = {c["id"]: c["name"] for c in ann["categories"]}
+    counts = coco_class_counts(ann)
     items = []
     for iid in image_ids:
-        gt: dict[str, int] = {}
-        for a in ann["annotations"]:
-            if a["image_id"] == iid:
-                gt[cats[a["category_id"]]] = gt.get(cats[a["category_id"]], 0) + 1
+        gt = counts.get(iid, {})
         absent = [c for c in cats.values() if c not in gt]
         present = sorted(gt)
         for c in present + rng.sample(absent, min(2, len(absent))):

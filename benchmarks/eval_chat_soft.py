@@ -272,19 +272,16 @@ def run_vision(args: argparse.Namespace) -> None:
     true image's soft tokens against another image's tokens and against no tokens at all (the same LM)."""
     import random
 
+    from backend.chat.facts import coco_class_counts
     from backend.chat.visual import load_soft_backend
     from training.chat_projector import render_instructions
 
     ev = eval_set(Path(args.data), args.first, args.last, args.lm_images)
-    cats = {c["id"]: c["name"] for c in ev.ann["categories"]}
-    counts: dict[int, dict[str, int]] = {iid: {} for iid in ev.lm_ids}
-    for a in ev.ann["annotations"]:
-        if a["image_id"] in counts:
-            counts[a["image_id"]][cats[a["category_id"]]] = counts[a["image_id"]].get(cats[a["category_id"]], 0) + 1
+    counts = coco_class_counts(ev.ann)
     rng = random.Random(args.seed)  # noqa: S311  # nosec B311 (question sampling)
     items = []  # (image id, question, answer kind, truth)
     for iid in ev.lm_ids:
-        for smp in render_instructions(str(iid), counts[iid], ev.classes, None, rng):
+        for smp in render_instructions(str(iid), counts.get(iid, {}), ev.classes, None, rng):
             q, t = smp.messages[0]["content"], smp.target
             kind = "presence" if t in ("Yes.", "No.") else "describe" if t.startswith("The image shows") else "count"
             if kind != "describe":  # counts and presence have one right answer; describe is free text

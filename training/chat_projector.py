@@ -36,7 +36,6 @@ import math
 import random
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -239,7 +238,7 @@ def train_projector(lm: Any, projector: torch.nn.Module, feats: dict[str, torch.
     Returns the history: ``train`` (step, group, loss, seconds), ``val`` / ``val_shuffled`` per evaluation,
     ``steps_done``, ``wall_s``.
     """
-    tuned = {id(p) for p in lm_params or []}
+    tuned = {id(p) for p in lm_params or []}  # the adapter trains, the LM's own weights never
     for p in lm.model.parameters():
         p.requires_grad_(id(p) in tuned)
     rng = random.Random(seed)  # noqa: S311  # nosec B311 (sampling, not crypto)
@@ -257,9 +256,9 @@ def train_projector(lm: Any, projector: torch.nn.Module, feats: dict[str, torch.
         by_prefix.setdefault((k[1], k[2]), []).append(k)
     val_groups = group_batches(val) if val else None
     proj_params = [p for p in projector.parameters() if p.requires_grad]
-    params = proj_params + list(lm_params or [])
-    opt = torch.optim.AdamW([{"params": proj_params},
-                             {"params": list(lm_params or []), "lr": lm_lr, "weight_decay": 0.0}],
+    adapter = list(lm_params or [])
+    params = proj_params + adapter
+    opt = torch.optim.AdamW([{"params": proj_params}, {"params": adapter, "lr": lm_lr, "weight_decay": 0.0}],
                             lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) /
@@ -380,7 +379,7 @@ def _features(args: argparse.Namespace, files: dict[str, Path]) -> dict[str, tor
 
 
 def run(args: argparse.Namespace) -> int:
-    from backend.chat.facts import build_fact_sheet, read_coco_objects
+    from backend.chat.facts import build_fact_sheet, coco_class_counts, read_coco_objects
     from backend.chat.lm import BuiltinBackend
     from backend.chat.lm_tuning import LMTuning, attach
     from backend.chat.visual import ProjectorConfig, VisualProjector, save_projector
@@ -392,7 +391,6 @@ def run(args: argparse.Namespace) -> int:
     data = Path(args.data)
     ann = json.loads((data / "annotations.json").read_text())
     classes = [c["name"] for c in ann["categories"]]
-    cats = {c["id"]: c["name"] for c in ann["categories"]}
     by_name = {im["file_name"]: im["id"] for im in ann["images"]}
     split = {"train": range(args.train[0], args.train[1] + 1), "val": range(args.val[0], args.val[1] + 1)}
     files = {f"{n:03d}": data / "images" / f"{n:03d}.jpg" for r in split.values() for n in r
@@ -404,9 +402,7 @@ def run(args: argparse.Namespace) -> int:
     lm = BuiltinBackend.load()
     if not hasattr(lm, "model"):
         raise SystemExit("training the projector needs the torch engine of the built-in LM: set RSFM_CHAT_ENGINE=torch")
-    per_image: dict[int, Counter] = {}  # image id -> class counts, in one pass over the annotations
-    for a in ann["annotations"]:
-        per_image.setdefault(a["image_id"], Counter())[cats[a["category_id"]]] += 1
+    per_image = coco_class_counts(ann)
     rng = random.Random(args.seed)  # noqa: S311  # nosec B311 (sampling, not crypto)
     enc: dict[str, list[Encoded]] = {"train": [], "val": []}
     for part, r in split.items():

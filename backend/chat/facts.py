@@ -484,6 +484,17 @@ def read_coco_objects(annotations: dict, image_id: int, score: float = 1.0) -> l
     return objs
 
 
+def coco_class_counts(annotations: dict) -> dict[int, dict[str, int]]:
+    """Per-class ground-truth counts of every COCO image, ``{image_id: {class name: count}}``, in one pass over
+    the annotations (images without objects are absent)."""
+    cats = {c["id"]: c["name"] for c in annotations["categories"]}
+    out: dict[int, dict[str, int]] = {}
+    for a in annotations["annotations"]:
+        per = out.setdefault(a["image_id"], {})
+        per[cats[a["category_id"]]] = per.get(cats[a["category_id"]], 0) + 1
+    return out
+
+
 # ------------------------------------------------------------------------------------------- the sheet
 
 

@@ -144,3 +144,12 @@ def test_reads_what_the_backend_job_writers_write(chat_fixture, tmp_path):
     assert lc == {"water": 50 * h - 1, "forest": 150 * h}
     assert s.for_class("bare", "absent") and s.for_class("plane", "absent")
     assert {f.data["class"]: f.data["count"] for f in s.by_kind("count")} == {None: 1, "boat": 1}
+
+
+def test_coco_class_counts_in_one_pass():
+    from backend.chat.facts import coco_class_counts
+
+    ann = {"categories": [{"id": 1, "name": "ship"}, {"id": 2, "name": "harbor"}],
+           "annotations": [{"image_id": 7, "category_id": 1}, {"image_id": 7, "category_id": 1},
+                           {"image_id": 7, "category_id": 2}, {"image_id": 9, "category_id": 2}]}
+    assert coco_class_counts(ann) == {7: {"ship": 2, "harbor": 1}, 9: {"harbor": 1}}

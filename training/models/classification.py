@@ -25,11 +25,12 @@ class SceneClassifier(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.head = nn.Linear(int(backbone.out_channels[-1]), num_classes)
         self.num_classes = num_classes
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
         # ViTs take whole patches only: a whole scene of another size (AID thumbnails are 150 px) is resized to
         # the nearest multiple of the patch size, which keeps all of the scene (padding would dilute the pooling)
-        m = int(getattr(getattr(self.backbone, "cfg", None), "patch_size", 1))
+        self.size_multiple = int(getattr(getattr(backbone, "cfg", None), "patch_size", 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.size_multiple
         h, w = x.shape[-2:]
         if m > 1 and (h % m or w % m):
             size = (max(m, round(h / m) * m), max(m, round(w / m) * m))
