@@ -13,13 +13,16 @@ that tell whether the soft tokens carry the image:
   per-class presence (5-fold cross-validation over images 1-440, which holds no evaluation image; mean
   per-class ROC AUC). It reads the feature cache that ``rsfm-train chat-projector`` writes;
 * ``vision``: image-only questions, the direct test. The training's caption-group questions (counts of the
-  present classes and of 2 absent ones, presence; no fact sheet) on the 20 LM images, answered with the true
-  image's tokens, with the next image's tokens and with no tokens (same LM), against the constant answer;
+  present classes and of 2 absent ones, presence; no fact sheet) and grounding-group questions ("Where are the
+  ships?", boxes in the text, matched to the labelled boxes at IoU 0.5) on the 20 LM images, answered with the
+  true image's tokens, with the next image's tokens and with no tokens (same LM), against the constant answer;
+* ``scene``: the same three conditions on AID scene questions (the scene group's: "What kind of scene is
+  this?", yes/no for the true class and another), on AID test-split images, which no run trains on;
 * ``paired``: paired tests read from the LM cache alone (no LM run). These are refusals of the unanswerable
   items, D4 vs D5, raw and verified; D5's answer modes (``free`` / ``fallback``); and D5's verified answers to
   the unanswerable and describe items.
 
-``control``, ``vision`` and ``latency`` need the torch engine (``RSFM_CHAT_ENGINE=torch``) and a trained projector folder.
+``control``, ``vision``, ``scene`` and ``latency`` need the torch engine (``RSFM_CHAT_ENGINE=torch``) and a trained projector folder.
 The NWPU VHR-10 folder defaults to ``$RSFM_DATA/nwpu_vhr10`` (``RSFM_DATA`` as in ``benchmarks/common.py``).
 
 Usage (the commands of docs/results/chat_soft_tokens.md; ``--out`` overwrites the committed copies)::
@@ -31,8 +34,10 @@ Usage (the commands of docs/results/chat_soft_tokens.md; ``--out`` overwrites th
         latency --projector /tmp/chat_soft/projector --out docs/results/chat_soft/d5_latency.json
     .venv/bin/python benchmarks/eval_chat_soft.py probe \\
         --features /tmp/chat_soft/features_rsfm-detection-nwpu-efflite0_g4_m1024.safetensors
-    RSFM_CHAT_ENGINE=torch .venv/bin/python benchmarks/eval_chat_soft.py vision --projector /tmp/chat_lora/projector \
-        --out docs/results/chat_soft/lora/vision.json
+    RSFM_CHAT_ENGINE=torch .venv/bin/python benchmarks/eval_chat_soft.py vision --projector /tmp/chat_all/projector \
+        --out docs/results/chat_soft/all_groups/vision.json
+    RSFM_CHAT_ENGINE=torch .venv/bin/python benchmarks/eval_chat_soft.py scene --projector /tmp/chat_all/projector \
+        --out docs/results/chat_soft/all_groups/scene.json
     .venv/bin/python benchmarks/eval_chat_soft.py paired --lm-cache /tmp/chat_eval/lm_cache.jsonl
 
 Without ``--out``, control and latency write under /tmp/chat_eval/; probe and paired only print.
@@ -267,18 +272,79 @@ def parse_count(text: str) -> int | None:
     return int(w) if w.isdigit() else 0 if w in ("no", "none", "zero") else WORD_NUMBERS[w]
 
 
+BOX = r"\[(\d+), (\d+), (\d+), (\d+)\]"
+
+
+def parse_boxes(text: str) -> list[tuple[int, ...]]:
+    """Every ``[x0, y0, x1, y1]`` of an answer (the grounding instructions' format)."""
+    import re
+
+    return [tuple(int(v) for v in m) for m in re.findall(BOX, text)]
+
+
+def box_iou(a: tuple, b: tuple) -> float:
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def grounding_score(pred: list[tuple], truth: list[tuple], iou: float = 0.5) -> dict[str, Any]:
+    """One grounding answer against the labelled boxes (both in percent): greedy one-to-one matches at ``iou``
+    (``tp``), and predicted boxes whose centre lies in a labelled box (``centre_hits``, the lenient measure).
+    ``right``: the item is answered right (a class without boxes gets none; otherwise a box matches)."""
+    free = list(truth)
+    tp = 0
+    for b in sorted(pred, key=lambda b: -max((box_iou(b, t) for t in truth), default=0.0)):
+        best = max(free, key=lambda t: box_iou(b, t), default=None)
+        if best is not None and box_iou(b, best) >= iou:
+            tp += 1
+            free.remove(best)
+    hits = sum(any(t[0] <= (b[0] + b[2]) / 2 <= t[2] and t[1] <= (b[1] + b[3]) / 2 <= t[3] for t in truth)
+               for b in pred)
+    return {"pred": len(pred), "truth": len(truth), "tp": tp, "centre_hits": hits,
+            "right": (not pred) if not truth else tp > 0}
+
+
+def three_conditions(items: list[tuple[Any, str]], image_file: dict[Any, Path], order: list[Any], factory: Any,
+                     max_tokens: int) -> dict[str, list[str]]:
+    """Greedy answers to ``items`` (image key, question; no fact sheet) with the true image's soft tokens, with
+    the next image's tokens (cyclic in ``order``) and with no tokens (the same, possibly adapted, LM)."""
+    nxt = {a: order[(k + 1) % len(order)] for k, a in enumerate(order)}
+    conditions = {"true image": lambda key: factory.for_image(image_file[key]),
+                  "another image": lambda key: factory.for_image(image_file[nxt[key]]),
+                  "no image": lambda key: factory.lm}
+    answers: dict[str, list[str]] = {}
+    t0 = time.perf_counter()
+    for name, backend_of in conditions.items():
+        answers[name] = [backend_of(key).generate([{"role": "user", "content": q}], max_tokens=max_tokens).strip()
+                         for key, q in items]
+        print(name, f"{time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
+    return answers
+
+
+def yes_no(text: str) -> bool | None:
+    low = text.lower()
+    return True if low.startswith("yes") else False if low.startswith("no") else None
+
+
 def run_vision(args: argparse.Namespace) -> None:
-    """Image-only questions (the training's caption group, no fact sheet) on held-out evaluation images: the
-    true image's soft tokens against another image's tokens and against no tokens at all (the same LM)."""
+    """Image-only questions (the training's caption and grounding groups, no fact sheet) on held-out evaluation
+    images: the true image's soft tokens against another image's tokens and against no tokens (the same LM)."""
     import random
 
-    from backend.chat.facts import coco_class_counts
+    from backend.chat.facts import coco_class_counts, read_coco_objects
     from backend.chat.visual import load_soft_backend
-    from training.chat_projector import render_instructions
+    from training.chat_projector import box_text, render_grounding, render_instructions
 
     ev = eval_set(Path(args.data), args.first, args.last, args.lm_images)
     counts = coco_class_counts(ev.ann)
+    meta = {im["id"]: im for im in ev.ann["images"]}
     rng = random.Random(args.seed)  # noqa: S311  # nosec B311 (question sampling)
+    # the grounding questions draw from their own generator, so the count and presence items stay those of the
+    # runs made before the grounding group existed
+    grng = random.Random(args.seed + 1)  # noqa: S311  # nosec B311
     items = []  # (image id, question, answer kind, truth)
     for iid in ev.lm_ids:
         for smp in render_instructions(str(iid), counts.get(iid, {}), ev.classes, None, rng):
@@ -286,49 +352,125 @@ def run_vision(args: argparse.Namespace) -> None:
             kind = "presence" if t in ("Yes.", "No.") else "describe" if t.startswith("The image shows") else "count"
             if kind != "describe":  # counts and presence have one right answer; describe is free text
                 items.append((iid, q, kind, t == "Yes." if kind == "presence" else parse_count(t)))
+        size = (meta[iid]["width"], meta[iid]["height"])
+        objects = [(o.cls, tuple(o.geometry.bounds)) for o in read_coco_objects(ev.ann, iid)]
+        for smp in render_grounding(str(iid), objects, size, ev.classes, grng):
+            truth = [parse_boxes(box_text(b, size))[0] for c, b in objects if c == smp.about]  # all, in percent
+            items.append((iid, smp.messages[0]["content"], "grounding", truth))
     factory = load_soft_backend(args.projector)
-    nxt = {a: ev.lm_ids[(k + 1) % len(ev.lm_ids)] for k, a in enumerate(ev.lm_ids)}
-    conditions = {"true image": lambda iid: factory.for_image(ev.files[iid]),
-                  "another image": lambda iid: factory.for_image(ev.files[nxt[iid]]),
-                  "no image": lambda iid: factory.lm}
-    answers: dict[str, list[str]] = {}
+    answers = three_conditions([(it[0], it[1]) for it in items], ev.files, ev.lm_ids, factory, args.max_tokens)
     right: dict[str, dict[int, bool]] = {}
     rows = []
-    t0 = time.perf_counter()
-    for name, backend_of in conditions.items():
-        answers[name], right[name] = [], {}
-        errs = []
-        for k, (iid, q, kind, truth) in enumerate(items):
-            a = backend_of(iid).generate([{"role": "user", "content": q}], max_tokens=args.max_tokens).strip()
-            answers[name].append(a)
+    for name, got in answers.items():
+        right[name] = {}
+        errs, boxes = [], []
+        for k, ((_, _, kind, truth), a) in enumerate(zip(items, got, strict=True)):
             if kind == "presence":
-                low = a.lower()
-                got = True if low.startswith("yes") else False if low.startswith("no") else None
-                right[name][k] = got is not None and got == truth
-            else:
+                right[name][k] = yes_no(a) == truth
+            elif kind == "count":
                 n = parse_count(a)
                 right[name][k] = n == truth
                 errs.append(abs(n - truth) if n is not None else None)
-        for kind in ("count", "presence"):
+            else:
+                g = grounding_score(parse_boxes(a), truth)
+                right[name][k] = g["right"]
+                boxes.append(g)
+        for kind in ("count", "presence", "grounding"):
             idx = [k for k, it in enumerate(items) if it[2] == kind]
             rows.append({"condition": name, "type": kind, "items": len(idx),
                          "accuracy": sum(right[name][k] for k in idx) / len(idx)})
         parsed = [e for e in errs if e is not None]
-        rows[-2]["mae_parsed"] = sum(parsed) / len(parsed) if parsed else None
-        rows[-2]["unparsed"] = len(errs) - len(parsed)
-        print(name, f"{time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
+        rows[-3]["mae_parsed"] = sum(parsed) / len(parsed) if parsed else None
+        rows[-3]["unparsed"] = len(errs) - len(parsed)
+        present = [g for g in boxes if g["truth"]]
+        n_pred, n_truth = sum(g["pred"] for g in present), sum(g["truth"] for g in present)
+        rows[-1].update({"present_items": len(present),
+                         "recall_iou50": sum(g["tp"] for g in present) / max(1, n_truth),
+                         "precision_iou50": sum(g["tp"] for g in present) / max(1, n_pred),
+                         "centre_in_box": sum(g["centre_hits"] for g in present) / max(1, n_pred),
+                         "boxes_predicted": n_pred, "boxes_labelled": n_truth,
+                         "absent_right": sum(g["right"] for g in boxes if not g["truth"]),
+                         "absent_items": sum(1 for g in boxes if not g["truth"])})
     majority = {}
     for kind in ("count", "presence"):  # the constant answer that is most often right on these items
         truths = [it[3] for it in items if it[2] == kind]
         best = max(set(truths), key=truths.count)
         majority[kind] = {"answer": best, "accuracy": truths.count(best) / len(truths)}
-    emit({"protocol": f"images {args.first}-{args.last}, first {args.lm_images}; caption-group questions "
-                      f"(render_instructions, seed {args.seed}), no fact sheet, greedy, max_tokens {args.max_tokens}",
+    emit({"protocol": f"images {args.first}-{args.last}, first {args.lm_images}; caption- and grounding-group "
+                      f"questions (render_instructions, render_grounding, seed {args.seed}), no fact sheet, greedy, "
+                      f"max_tokens {args.max_tokens}; grounding right = a box at IoU >= 0.5 (none for an absent class)",
           "projector": args.projector, "describe": factory.describe(), "rows": rows, "majority_constant": majority,
           "mcnemar_true_vs_another": mcnemar_exact(right["true image"], right["another image"]),
           "mcnemar_true_vs_none": mcnemar_exact(right["true image"], right["no image"]),
-          "examples": [{"q": it[1], "truth": it[3], **{c: answers[c][k] for c in conditions}}
-                       for k, it in enumerate(items[:12])]}, args.out)
+          "examples": [{"q": it[1], "truth": it[3], **{c: answers[c][k] for c in answers}}
+                       for k, it in enumerate(items) if k % 4 == 0][:16],
+          "grounding_answers_with_boxes": [{"image": it[0], "q": it[1], "truth": it[3],
+                                            **{c: answers[c][k] for c in answers}}
+                                           for k, it in enumerate(items) if it[2] == "grounding"
+                                           and any(parse_boxes(answers[c][k]) for c in answers)]}, args.out)
+
+
+def scene_answer(text: str, classes: list[str]) -> str | None:
+    """The AID class an answer names (the longest matching class name wins: ``dense residential`` over
+    ``residential``), None when it names none."""
+    from training.chat_projector import scene_name
+
+    low = text.lower()
+    named = [c for c in classes if scene_name(c) in low]
+    return max(named, key=lambda c: len(scene_name(c))) if named else None
+
+
+def round_robin(keyed: list[tuple[str, str]]) -> list[str]:
+    """Image keys of ``(key, class)`` pairs, taking one image of each class in turn, so that the next image
+    (the scene check's "another image", cyclic) is of another class whenever the classes hold equally many."""
+    by_class: dict[str, list[str]] = {}
+    for k, c in keyed:
+        by_class.setdefault(c, []).append(k)
+    rounds = max(len(v) for v in by_class.values())
+    return [ks[r] for r in range(rounds) for ks in by_class.values() if r < len(ks)]
+
+
+def run_scene(args: argparse.Namespace) -> None:
+    """Scene classification by the chat head, image only: AID test-split images (never trained on), the
+    training's scene-group questions, with the true image's tokens, another image's and none."""
+    import random
+
+    from backend.chat.visual import load_soft_backend
+    from training.chat_projector import SCENE_Q, render_scene, scene_images
+
+    images = scene_images(args.scene_data, "test", args.per_class)
+    classes = sorted({c for _, _, c in images})
+    rng = random.Random(args.seed)  # noqa: S311  # nosec B311 (question sampling)
+    items = []  # (key, question, kind, truth)
+    for key, _, c in images:
+        for smp in render_scene(key, c, classes, rng):
+            q = smp.messages[0]["content"]
+            items.append((key, q, "class", c) if q in SCENE_Q else (key, q, "yes/no", smp.target == "Yes."))
+    order = round_robin([(k, c) for k, _, c in images])
+    factory = load_soft_backend(args.projector)
+    answers = three_conditions([(it[0], it[1]) for it in items], {k: p for k, p, _ in images}, order, factory,
+                               args.max_tokens)
+    right: dict[str, dict[int, bool]] = {}
+    rows = []
+    for name, got in answers.items():
+        right[name] = {k: (scene_answer(a, classes) == it[3] if it[2] == "class" else yes_no(a) == it[3])
+                       for k, (it, a) in enumerate(zip(items, got, strict=True))}
+        for kind in ("class", "yes/no"):
+            idx = [k for k, it in enumerate(items) if it[2] == kind]
+            named = [scene_answer(got[k], classes) for k in idx] if kind == "class" else []
+            rows.append({"condition": name, "type": kind, "items": len(idx),
+                         "accuracy": sum(right[name][k] for k in idx) / len(idx),
+                         **({"distinct_classes_named": len({n for n in named if n}),
+                             "unparsed": sum(n is None for n in named)} if kind == "class" else {})})
+    emit({"protocol": f"AID {args.scene_data} test split (per-class last 20 %), {args.per_class} images per class, "
+                      f"scene-group questions (render_scene, seed {args.seed}), no fact sheet, greedy, "
+                      f"max_tokens {args.max_tokens}",
+          "projector": args.projector, "describe": factory.describe(), "rows": rows,
+          "chance": {"class": 1 / len(classes), "yes/no": 0.5},
+          "mcnemar_true_vs_another": mcnemar_exact(right["true image"], right["another image"]),
+          "mcnemar_true_vs_none": mcnemar_exact(right["true image"], right["no image"]),
+          "examples": [{"q": it[1], "truth": it[3], **{c: answers[c][k] for c in answers}}
+                       for k, it in enumerate(items) if k % 9 == 0][:12]}, args.out)
 
 
 def run_paired(args: argparse.Namespace) -> None:
@@ -402,9 +544,18 @@ def build_parser() -> argparse.ArgumentParser:
                 "/tmp/chat_eval/d5_vision.json")
     items_args(p)
     p.add_argument("--projector", default=str(DEFAULT_PROJECTOR), help="trained projector folder")
-    p.add_argument("--max-tokens", type=int, default=16, help="answer length (the answers are one sentence)")
+    p.add_argument("--max-tokens", type=int, default=64, help="answer length (one sentence; up to 5 boxes)")
     p.add_argument("--seed", type=int, default=0, help="question sampling")
     p.set_defaults(func=run_vision)
+
+    p = command("scene", "AID scene classification by the chat head (no facts): true image vs another vs none",
+                "/tmp/chat_eval/d5_scene.json")
+    p.add_argument("--projector", default=str(DEFAULT_PROJECTOR), help="trained projector folder")
+    p.add_argument("--scene-data", default=str(DATA / "aid"), help="AID class folders; $RSFM_DATA/aid")
+    p.add_argument("--per-class", type=int, default=3, help="test-split images per class")
+    p.add_argument("--max-tokens", type=int, default=16, help="answer length (the answers are one sentence)")
+    p.add_argument("--seed", type=int, default=0, help="question sampling")
+    p.set_defaults(func=run_scene)
 
     p = command("paired", "D4 vs D5 refusal tests, D5 answer modes and examples, from the LM cache", None)
     items_args(p)

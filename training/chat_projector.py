@@ -6,7 +6,8 @@ learns, and with ``--lm-tuning lora`` or ``bias-scale`` so does a small adapter 
 ``backend.chat.lm_tuning``), with its own learning rate ``--lm-lr``; the LM's own weights never change. Pooled
 encoder inputs are computed once per image and cached (``--cache-dir``).
 
-Instructions are rendered from COCO labels of NWPU VHR-10 (MMRS-style: one question, one short answer):
+Instructions are rendered from labels (MMRS-style: one question, one short answer): COCO boxes of NWPU VHR-10
+for the first three groups, AID class folders for the fourth:
 
 * ``facts`` group: the chat head's own prompt (``router.SYSTEM_FREE`` with the compact ground-truth fact
   sheet), a question (count, presence, out-of-vocabulary count, describe) and a short answer that copies the
@@ -15,6 +16,14 @@ Instructions are rendered from COCO labels of NWPU VHR-10 (MMRS-style: one quest
 * ``caption`` group: no facts, only the image; captions and counts rendered from the labels
   (``3 airplanes and 1 ground track field.``). Here the image is the only source of the answer, so this group
   is what forces the projector to carry visual content.
+* ``grounding`` group: no facts; "Where are the ships?" answered with the labelled boxes as numbers in the
+  text, ``[x0, y0, x1, y1]`` in percent of the image width and height from the top-left corner
+  (``2 ships at [12, 40, 18, 47] and [55, 60, 61, 68].``; the :data:`MAX_BOXES` largest when there are more),
+  and absent classes answered ``There are no ...``.
+* ``scene`` group: no facts; AID scenes (``--scene-data``, 30 classes): "What kind of scene is this?" →
+  ``This is a dense residential scene.``, and a yes/no question for the true class and for another one. The
+  AID images come from its train split (:class:`training.data.scenes.SceneFolder`, per-class blocks, val and
+  test 20 % each); its test split is the evaluation's (``benchmarks/eval_chat_soft.py scene``).
 
 Steps alternate between the groups. Every step takes one image and up to ``--batch`` of its questions: the
 prompt part before the soft tokens (system prompt + facts) does not depend on the projector, so it is run once
@@ -50,6 +59,14 @@ OUT_OF_VOCAB_TRAIN = ["golf course", "solar panel", "greenhouse", "lighthouse", 
 COUNT_Q = ["How many {pl} are there?", "How many {pl} can you see?", "Count the {pl} in this image."]
 PRESENCE_Q = ["Is there a {c} in this image?", "Are there any {pl}?"]
 DESCRIBE_Q = ["Describe this image.", "What is in this image?", "Give a short description of the scene."]
+GROUND_Q = ["Where are the {pl}?", "Locate the {pl} in this image.", "Give the bounding boxes of the {pl}."]
+SCENE_Q = ["What kind of scene is this?", "Classify this remote sensing image.",
+           "What is the scene category of this image?"]
+SCENE_YESNO_Q = "Is this {scene}?"
+MAX_BOXES = 5  # boxes written per answer: the largest ones (long answers cost training time and LM context)
+SCENE_DATA = Path("/work/shared/data/aid")
+SCENE_FRACTIONS = {"val_fraction": 0.2, "test_fraction": 0.2}  # AID split of the scene group and its evaluation
+GROUPS = ("caption", "facts", "grounding", "scene")
 
 
 def caption(counts: dict[str, int]) -> str:
@@ -62,12 +79,14 @@ def caption(counts: dict[str, int]) -> str:
 
 @dataclass
 class Sample:
-    """One instruction: ``messages`` (system/user) and the answer ``target``; ``group`` is facts or caption."""
+    """One instruction: ``messages`` (system/user) and the answer ``target``; ``group`` is one of :data:`GROUPS`;
+    ``about``: the class a grounding or scene question asks about (for evaluation)."""
 
     image: str
     group: str
     messages: list[dict[str, str]]
     target: str
+    about: str = ""
 
 
 def render_instructions(image: str, counts: dict[str, int], classes: list[str], sheet: Any | None,
@@ -134,6 +153,86 @@ def render_instructions(image: str, counts: dict[str, int], classes: list[str], 
             + ".") if parts else "No objects of the known classes were detected" + (
         fid(absent[0], "absent") if absent else "") + "."
     facts(rng.choice(DESCRIBE_Q), desc)
+    return out
+
+
+def box_text(box: tuple[float, float, float, float], size: tuple[int, int]) -> str:
+    """A pixel box ``(x0, y0, x1, y1)`` as ``[x0, y0, x1, y1]`` in whole percent of the image ``size`` (w, h)."""
+    w, h = size
+    vals = [box[0] / w, box[1] / h, box[2] / w, box[3] / h]
+    return "[" + ", ".join(str(min(100, max(0, round(100 * v)))) for v in vals) + "]"
+
+
+def grounding_answer(cls: str, boxes: list[tuple[float, float, float, float]], size: tuple[int, int]) -> str:
+    """``2 ships at [12, 40, 18, 47] and [55, 60, 61, 68].``: every box (at most the :data:`MAX_BOXES` largest)
+    in reading order, top to bottom then left to right; ``There are no ships.`` without boxes."""
+    n = len(boxes)
+    if not n:
+        return f"There are no {plural_class(cls)}."
+    kept = sorted(boxes, key=lambda b: -(b[2] - b[0]) * (b[3] - b[1]))[:MAX_BOXES]
+    kept.sort(key=lambda b: (round(b[1] / size[1] * 10), b[0]))  # reading order at a tenth of the height
+    txt = [box_text(b, size) for b in kept]
+    where = txt[0] if len(txt) == 1 else ", ".join(txt[:-1]) + " and " + txt[-1]
+    head = f"{n} {plural_class(cls, n)}" + (f", the {len(kept)} largest" if n > len(kept) else "")
+    return f"{head} at {where}."
+
+
+def render_grounding(image: str, objects: list[tuple[str, tuple[float, float, float, float]]], size: tuple[int, int],
+                     classes: list[str], rng: random.Random) -> list[Sample]:
+    """``grounding`` instructions of one image: every present class and one absent class, boxes in the text.
+
+    Args:
+        image: image key.
+        objects: ``(class name, pixel box x0 y0 x1 y1)`` of every labelled object.
+        size: image width and height in pixels.
+        classes: every class name of the label set.
+        rng: question sampler.
+    """
+    by_cls: dict[str, list[tuple[float, float, float, float]]] = {}
+    for c, b in objects:
+        by_cls.setdefault(c, []).append(b)
+    absent = [c for c in classes if c not in by_cls]
+    asked = sorted(by_cls) + rng.sample(absent, min(1, len(absent)))
+    return [Sample(image, "grounding", [{"role": "user", "content": rng.choice(GROUND_Q).format(pl=plural_class(c))}],
+                   grounding_answer(c, by_cls.get(c, []), size), c) for c in asked]
+
+
+def scene_name(folder: str) -> str:
+    """AID folder name as words: ``DenseResidential`` → ``dense residential``."""
+    import re
+
+    return " ".join(w.lower() for w in re.findall(r"[A-Z][a-z]*|[a-z]+", folder))
+
+
+def a_scene(folder: str) -> str:
+    """``an airport scene``, ``a beach scene``."""
+    name = scene_name(folder)
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name} scene"
+
+
+def render_scene(image: str, cls: str, classes: list[str], rng: random.Random) -> list[Sample]:
+    """``scene`` instructions of one image of class ``cls`` (of ``classes``, AID folder names): the class
+    question, and a yes/no question for the true class and for another class."""
+    def ask(q: str, a: str, about: str) -> Sample:
+        return Sample(image, "scene", [{"role": "user", "content": q}], a, about)
+
+    other = rng.choice([c for c in classes if c != cls])
+    return [ask(rng.choice(SCENE_Q), f"This is {a_scene(cls)}.", cls),
+            ask(SCENE_YESNO_Q.format(scene=a_scene(cls)), "Yes.", cls),
+            ask(SCENE_YESNO_Q.format(scene=a_scene(other)), "No.", other)]
+
+
+def scene_images(root: str | Path, split: str, per_class: int) -> list[tuple[str, Path, str]]:
+    """``per_class`` AID images of every class, spread evenly over the class's block of ``split``, as
+    ``(key, path, class folder)``; keys are ``aid/<Class>/<stem>``."""
+    from training.data.scenes import SceneFolder
+
+    ds = SceneFolder(root, split, **SCENE_FRACTIONS)
+    out = []
+    for label, (name, _) in enumerate(ds.classes):
+        paths = [p for p, lbl in ds.items if lbl == label]
+        step = max(1, len(paths) // max(1, per_class))
+        out += [(f"aid/{name}/{p.stem}", p, name) for p in paths[::step][:per_class]]
     return out
 
 
@@ -232,7 +331,7 @@ def train_projector(lm: Any, projector: torch.nn.Module, feats: dict[str, torch.
 
     Step ``i`` trains on group ``groups_cycle[i % len(groups_cycle)]`` (default: every group in turn, sorted).
     ``images_per_step``: rows of up to this many images per step, ``batch`` questions each, for groups whose
-    images share one prefix (the caption group: no fact sheet); a fact-sheet prefix differs per image, so
+    images share one prefix (the image-only groups: no fact sheet); a fact-sheet prefix differs per image, so
     facts steps stay one image each.
 
     Returns the history: ``train`` (step, group, loss, seconds), ``val`` / ``val_shuffled`` per evaluation,
@@ -341,9 +440,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-minutes", type=float, default=None, help="stop training after this wall time")
     p.add_argument("--eval-every", type=int, default=100)
-    p.add_argument("--groups", nargs="+", choices=["caption", "facts"], default=None,
-                   help="instruction groups of consecutive steps, cycled (default: caption facts); e.g. caption "
-                        "caption caption facts trains the image-only captions three times as often")
+    p.add_argument("--groups", nargs="+", choices=GROUPS, default=None,
+                   help="instruction groups of consecutive steps, cycled (default: every group once, sorted); e.g. "
+                        "caption caption facts grounding scene trains the image-only captions twice as often")
+    p.add_argument("--scene-data", default=str(SCENE_DATA),
+                   help="AID class folders for the scene group (its train split; val for the logged loss)")
+    p.add_argument("--scene-train-per-class", type=int, default=10,
+                   help="AID training images per class (0: no scene group)")
+    p.add_argument("--scene-val-per-class", type=int, default=1, help="AID validation images per class")
     p.add_argument("--images-per-step", type=int, default=1,
                    help="caption steps take --batch questions from each of this many images (one shared prefix)")
     p.add_argument("--lm-tuning", choices=MODES, default="none",
@@ -395,6 +499,10 @@ def run(args: argparse.Namespace) -> int:
     split = {"train": range(args.train[0], args.train[1] + 1), "val": range(args.val[0], args.val[1] + 1)}
     files = {f"{n:03d}": data / "images" / f"{n:03d}.jpg" for r in split.values() for n in r
              if f"{n:03d}.jpg" in by_name}
+    scenes = {part: scene_images(args.scene_data, part, k) if k else []
+              for part, k in (("train", args.scene_train_per_class), ("val", args.scene_val_per_class))}
+    scene_classes = sorted({c for part in scenes.values() for _, _, c in part})
+    files.update({key: path for part in scenes.values() for key, path, _ in part})
     t0 = time.perf_counter()
     feats = _features(args, files)
     feat_s = time.perf_counter() - t0
@@ -403,6 +511,7 @@ def run(args: argparse.Namespace) -> int:
     if not hasattr(lm, "model"):
         raise SystemExit("training the projector needs the torch engine of the built-in LM: set RSFM_CHAT_ENGINE=torch")
     per_image = coco_class_counts(ann)
+    images = {im["id"]: im for im in ann["images"]}
     rng = random.Random(args.seed)  # noqa: S311  # nosec B311 (sampling, not crypto)
     enc: dict[str, list[Encoded]] = {"train": [], "val": []}
     for part, r in split.items():
@@ -412,9 +521,13 @@ def run(args: argparse.Namespace) -> int:
                 continue
             iid = by_name[f"{key}.jpg"]
             counts = dict(per_image.get(iid, {}))
-            sheet = build_fact_sheet(str(files[key]), objects=read_coco_objects(ann, iid), object_classes=classes,
-                                     score_threshold=0.0)
-            enc[part] += [encode(lm, s) for s in render_instructions(key, counts, classes, sheet, rng)]
+            objects = read_coco_objects(ann, iid)
+            sheet = build_fact_sheet(str(files[key]), objects=objects, object_classes=classes, score_threshold=0.0)
+            meta = images[iid]
+            boxes = [(o.cls, tuple(o.geometry.bounds)) for o in objects]
+            enc[part] += [encode(lm, s) for s in render_instructions(key, counts, classes, sheet, rng)
+                          + render_grounding(key, boxes, (meta["width"], meta["height"]), classes, rng)]
+        enc[part] += [encode(lm, s) for key, _, c in scenes[part] for s in render_scene(key, c, scene_classes, rng)]
     print(f"instructions: {len(enc['train'])} train, {len(enc['val'])} val", file=sys.stderr, flush=True)
     hidden = int(lm.model.get_input_embeddings().weight.shape[1])
     in_ch = _scale_channels(args.encoder)
@@ -433,9 +546,11 @@ def run(args: argparse.Namespace) -> int:
                            log=sys.stderr, lm_params=lm_params, lm_lr=args.lm_lr, groups_cycle=args.groups,
                            images_per_step=args.images_per_step)
     cfg.training = {"data": str(data), "train_images": list(args.train), "val_images": list(args.val),
+                    "scene_data": str(args.scene_data) if scenes["train"] else None,
+                    "scene_images": {part: len(v) for part, v in scenes.items()},
                     "instructions": {"train": len(enc["train"]), "val": len(enc["val"])}, "seed": args.seed,
                     "steps": hist["steps_done"], "batch": args.batch, "lr": args.lr, "lm_dtype": lm.dtype,
-                    "lm_lr": args.lm_lr if lm_params else None, "groups": args.groups or ["caption", "facts"],
+                    "lm_lr": args.lm_lr if lm_params else None, "groups": args.groups or sorted({e.group for e in enc["train"]}),
                     "images_per_step": args.images_per_step,
                     "lm_adapter_parameters": sum(p.numel() for p in lm_params),
                     "feature_s": round(feat_s, 1), "train_s": round(hist["wall_s"], 1),

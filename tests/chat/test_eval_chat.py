@@ -357,3 +357,31 @@ def test_vision_check_reads_counts_from_answers():
     assert pc("There is one harbor.") == 1 and pc("I see twelve vehicles") == 12
     assert pc("There are ships.") is None
     assert pc("There are 14 storage tanks and 2 ships.") == 14  # the first count stated
+
+
+def test_grounding_and_scene_scoring():
+    """eval_chat_soft.py vision / scene: boxes read back from an answer and matched at IoU 0.5; the scene class
+    an answer names."""
+    import eval_chat_soft as ecs
+
+    from training.chat_projector import grounding_answer
+
+    text = grounding_answer("ship", [(10, 10, 30, 30), (50, 50, 70, 90)], (100, 100))
+    assert ecs.parse_boxes(text) == [(10, 10, 30, 30), (50, 50, 70, 90)]
+    assert ecs.parse_boxes("There are no ships.") == []
+    truth = [(10, 10, 30, 30), (50, 50, 70, 90)]
+    exact = ecs.grounding_score(ecs.parse_boxes(text), truth)
+    assert exact == {"pred": 2, "truth": 2, "tp": 2, "centre_hits": 2, "right": True}
+    # one box shifted off (IoU 1/7 but centre inside), one duplicate of a matched box: one match only
+    loose = ecs.grounding_score([(20, 20, 40, 40), (10, 10, 30, 30), (11, 11, 30, 30)], truth)
+    assert loose["tp"] == 1 and loose["centre_hits"] == 3 and loose["right"]
+    assert not ecs.grounding_score([(80, 0, 90, 5)], truth)["right"]
+    assert ecs.grounding_score([], [])["right"] and not ecs.grounding_score([(0, 0, 5, 5)], [])["right"]
+    assert ecs.box_iou((0, 0, 10, 10), (5, 0, 15, 10)) == 1 / 3
+    classes = ["DenseResidential", "MediumResidential", "Airport", "Beach"]
+    assert ecs.scene_answer("This is a dense residential scene.", classes) == "DenseResidential"
+    assert ecs.scene_answer("An airport.", classes) == "Airport"
+    assert ecs.scene_answer("I cannot tell.", classes) is None
+    order = ecs.round_robin([(f"{c}{i}", c) for c in "ABC" for i in range(3)])
+    assert order == ["A0", "B0", "C0", "A1", "B1", "C1", "A2", "B2", "C2"]
+    assert all(a[0] != b[0] for a, b in zip(order, order[1:] + order[:1], strict=True))

@@ -11,16 +11,23 @@ import pytest
 import torch
 
 from training.chat_projector import (
+    MAX_BOXES,
     Encoded,
     Sample,
+    a_scene,
     add_arguments,
     batch_loss,
+    box_text,
     caption,
     encode,
     evaluate,
+    grounding_answer,
     group_batches,
+    render_grounding,
     render_instructions,
+    render_scene,
     run,
+    scene_images,
     train_projector,
 )
 
@@ -82,6 +89,54 @@ def test_facts_group_cites_sheet(tmp_path):
     absent = [t for q, t in by_q.items() if "vehicles" in q and ("many" in q or "Count" in q)]
     assert absent and absent[0].startswith("No vehicles were detected [F")
     assert any(t.startswith("I cannot tell") for t in by_q.values())
+
+
+def test_grounding_answers_carry_the_boxes():
+    """Boxes in whole percent of width and height, reading order, the largest MAX_BOXES, absent classes."""
+    size = (200, 100)
+    assert box_text((20, 10, 40, 30), size) == "[10, 10, 20, 30]"
+    assert box_text((-3, 0, 205, 100), size) == "[0, 0, 100, 100]"  # clipped to the image
+    two = grounding_answer("ship", [(100, 60, 120, 70), (20, 10, 40, 30)], size)
+    assert two == "2 ships at [10, 10, 20, 30] and [50, 60, 60, 70]."  # top one first
+    assert grounding_answer("ship", [(0, 0, 2, 2)], size) == "1 ship at [0, 0, 1, 2]."
+    assert grounding_answer("storage_tank", [], size) == "There are no storage tanks."
+    many = [(10 * i, 0, 10 * i + i + 1, 10) for i in range(MAX_BOXES + 3)]  # box i is (i + 1) pixels wide
+    text = grounding_answer("vehicle", many, size)
+    assert text.startswith(f"{MAX_BOXES + 3} vehicles, the {MAX_BOXES} largest at [15, 0, ")
+    assert text.count("[") == MAX_BOXES and "[0, 0, 1, 10]" not in text  # the smallest left out
+
+
+def test_render_grounding_asks_present_and_one_absent_class():
+    import random
+
+    objects = [("ship", (0.0, 0.0, 10.0, 10.0)), ("ship", (50.0, 50.0, 60.0, 60.0)), ("harbor", (0.0, 80.0, 90.0, 99.0))]
+    s = render_grounding("001", objects, (100, 100), ["ship", "harbor", "vehicle", "bridge"], random.Random(0))
+    assert {x.group for x in s} == {"grounding"} and all(x.messages[0]["role"] == "user" for x in s)
+    by_target = {x.target for x in s}
+    assert "2 ships at [0, 0, 10, 10] and [50, 50, 60, 60]." in by_target
+    assert "1 harbor at [0, 80, 90, 99]." in by_target
+    assert len(s) == 3 and sum(t.startswith("There are no ") for t in by_target) == 1
+    assert all(any(w in x.messages[0]["content"] for w in ("Where", "Locate", "bounding boxes")) for x in s)
+
+
+def test_scene_instructions_and_images(tmp_path):
+    import random
+
+    from training.data.make_fixture import write_scenes
+
+    assert a_scene("DenseResidential") == "a dense residential scene" and a_scene("Airport") == "an airport scene"
+    s = render_scene("k", "Airport", ["Airport", "Beach", "BareLand"], random.Random(0))
+    assert [x.group for x in s] == ["scene"] * 3
+    assert s[0].target == "This is an airport scene."
+    assert (s[1].messages[0]["content"], s[1].target) == ("Is this an airport scene?", "Yes.")
+    assert s[2].target == "No." and "airport" not in s[2].messages[0]["content"]
+    root = write_scenes(tmp_path / "aid", per_class=10)
+    train, test = scene_images(root, "train", 3), scene_images(root, "test", 5)
+    classes = sorted({c for _, _, c in train})
+    assert len(classes) >= 2 and len(train) == 3 * len(classes)
+    assert all(k == f"aid/{c}/{p.stem}" and p.parent.name == c for k, p, c in train)
+    assert len(test) == 2 * len(classes)  # 20 % of 10 per class: fewer than asked, all of them
+    assert not {k for k, _, _ in train} & {k for k, _, _ in test}  # the scene group never sees the test split
 
 
 def test_encode_layout(lm):
