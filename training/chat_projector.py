@@ -424,7 +424,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=str(DATA), help="NWPU VHR-10 folder (annotations.json, images/)")
     p.add_argument("--out", required=True, help="projector directory to write")
     p.add_argument("--encoder", default="rsfm-detection-nwpu-efflite0",
-                   help="model package whose backbone gives the features (name under resources/models or path)")
+                   help="model package whose backbone gives the features (name under resources/models or path), "
+                        "or the folder of an MTP pretraining run (encoder.json + encoder.safetensors)")
     p.add_argument("--train", type=int, nargs=2, default=[1, 440], metavar=("FIRST", "LAST"),
                    help="training image numbers (NNN.jpg)")
     p.add_argument("--val", type=int, nargs=2, default=[441, 460], metavar=("FIRST", "LAST"),

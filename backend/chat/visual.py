@@ -205,10 +205,14 @@ class FeatureExtractor:
 
     @classmethod
     def from_package(cls, package: str, grid: int, max_side: int = 1024) -> FeatureExtractor:
-        """The backbone of a model package (a name under resources/models or a folder path)."""
+        """The backbone of a model package (a name under resources/models or a folder path), or the encoder an
+        MTP pretraining run exported (a folder with ``encoder.json`` + ``encoder.safetensors``,
+        ``rsfm-train mtp``)."""
         from training.package import PackageError, load_package
 
         p = Path(package)
+        if (p / "encoder.json").is_file():
+            return cls.from_mtp_encoder(p, grid, max_side)
         if not p.is_dir():
             p = REPO / "resources" / "models" / package
         try:
@@ -220,6 +224,28 @@ class FeatureExtractor:
         if backbone is None or not hasattr(backbone, "forward_intermediates"):
             raise LMError(f"model package {package!r} has no multi-scale backbone; use a detection package")
         return cls(backbone, cfg.mean, cfg.std, grid, max_side)
+
+    @classmethod
+    def from_mtp_encoder(cls, folder: str | Path, grid: int, max_side: int = 1024) -> FeatureExtractor:
+        """The shared encoder of an MTP pretraining run: ``encoder.json`` names the backbone and its
+        normalisation, ``encoder.safetensors`` holds its weights (loaded with the backbone's own key filter)."""
+        from training.models.registry import create_model
+        from training.mtp import load_encoder_weights
+
+        folder = Path(folder)
+        try:
+            meta = json.loads((folder / "encoder.json").read_text())
+            encoder = create_model(meta["backbone"], **meta.get("backbone_kwargs", {}))
+            missing, _ = load_encoder_weights(encoder, folder / "encoder.safetensors")
+        except (OSError, KeyError, ValueError, json.JSONDecodeError) as e:
+            raise LMError(f"cannot load the MTP encoder in {folder} ({e}); pass the folder rsfm-train mtp wrote "
+                          "(encoder.json + encoder.safetensors)") from None
+        if missing:
+            raise LMError(f"the MTP encoder in {folder} lacks {len(missing)} weights of {meta['backbone']} "
+                          f"(e.g. {missing[:3]}); the file does not fit its encoder.json")
+        if not hasattr(encoder, "forward_intermediates"):
+            raise LMError(f"backbone {meta['backbone']!r} of {folder} has no multi-scale features")
+        return cls(encoder, meta["mean"], meta["std"], grid, max_side)
 
     def read(self, image: str | Path) -> torch.Tensor:
         """The image as a normalised ``1 x 3 x H x W`` float tensor, downscaled to ``max_side`` and padded to a

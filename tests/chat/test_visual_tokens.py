@@ -214,3 +214,34 @@ def test_projector_with_lm_adapter_round_trip(lm, tmp_path):
     (tmp_path / "p" / ADAPTER_FILE).unlink()
     with pytest.raises(LMError, match="cannot read the LM adapter"):
         load_soft_backend(tmp_path / "p", lm=lm, extractor=ext)
+
+
+def test_extractor_from_an_mtp_encoder_folder(tmp_path):
+    """--encoder may be the folder rsfm-train mtp exports (encoder.json + encoder.safetensors): the backbone is
+    rebuilt from the registry and its weights loaded; a file that does not fit is a clear error."""
+    import json
+
+    import numpy as np
+    import rasterio
+    from safetensors.torch import save_file
+
+    from training.models.registry import create_model
+
+    torch.manual_seed(0)
+    enc = create_model("efficientnet_lite0").eval()
+    folder = tmp_path / "mtp_run"
+    folder.mkdir()
+    save_file({k: v.contiguous() for k, v in enc.state_dict().items()}, str(folder / "encoder.safetensors"))
+    meta = {"backbone": "efficientnet_lite0", "backbone_kwargs": {}, "mean": [127.5] * 3, "std": [127.5] * 3}
+    (folder / "encoder.json").write_text(json.dumps(meta))
+    img = tmp_path / "chip.tif"
+    with rasterio.open(img, "w", driver="GTiff", width=64, height=64, count=3, dtype="uint8") as dst:
+        dst.write(np.random.default_rng(0).integers(0, 255, (3, 64, 64), dtype=np.uint8))
+    ext = FeatureExtractor.from_package(str(folder), grid=2)
+    assert all(torch.equal(a, b) for a, b in zip(ext.encoder.state_dict().values(), enc.state_dict().values(),
+                                                 strict=True))
+    direct = FeatureExtractor(enc, [127.5] * 3, [127.5] * 3, grid=2)
+    assert torch.allclose(ext(img), direct(img)) and ext(img).shape[0] == 5  # 2 x 2 grid + global
+    save_file({"head.weight": torch.zeros(2, 2)}, str(folder / "encoder.safetensors"))  # not this backbone
+    with pytest.raises(LMError, match="cannot load the MTP encoder"):
+        FeatureExtractor.from_package(str(folder), grid=2)
