@@ -336,7 +336,7 @@ def run_vision(args: argparse.Namespace) -> None:
 
     from backend.chat.facts import coco_class_counts, read_coco_objects
     from backend.chat.visual import load_soft_backend
-    from training.chat_projector import box_text, render_grounding, render_instructions
+    from training.chat_projector import box_percent, render_grounding, render_instructions
 
     ev = eval_set(Path(args.data), args.first, args.last, args.lm_images)
     counts = coco_class_counts(ev.ann)
@@ -355,7 +355,7 @@ def run_vision(args: argparse.Namespace) -> None:
         size = (meta[iid]["width"], meta[iid]["height"])
         objects = [(o.cls, tuple(o.geometry.bounds)) for o in read_coco_objects(ev.ann, iid)]
         for smp in render_grounding(str(iid), objects, size, ev.classes, grng):
-            truth = [parse_boxes(box_text(b, size))[0] for c, b in objects if c == smp.about]  # all, in percent
+            truth = [box_percent(b, size) for c, b in objects if c == smp.about]  # every box, in percent
             items.append((iid, smp.messages[0]["content"], "grounding", truth))
     factory = load_soft_backend(args.projector)
     answers = three_conditions([(it[0], it[1]) for it in items], ev.files, ev.lm_ids, factory, args.max_tokens)

@@ -156,11 +156,16 @@ def render_instructions(image: str, counts: dict[str, int], classes: list[str], 
     return out
 
 
-def box_text(box: tuple[float, float, float, float], size: tuple[int, int]) -> str:
-    """A pixel box ``(x0, y0, x1, y1)`` as ``[x0, y0, x1, y1]`` in whole percent of the image ``size`` (w, h)."""
+def box_percent(box: tuple[float, float, float, float], size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """A pixel box ``(x0, y0, x1, y1)`` in whole percent of the image ``size`` (w, h), clipped to 0-100."""
     w, h = size
-    vals = [box[0] / w, box[1] / h, box[2] / w, box[3] / h]
-    return "[" + ", ".join(str(min(100, max(0, round(100 * v)))) for v in vals) + "]"
+    x0, y0, x1, y1 = (min(100, max(0, round(100 * v))) for v in (box[0] / w, box[1] / h, box[2] / w, box[3] / h))
+    return x0, y0, x1, y1
+
+
+def box_text(box: tuple[float, float, float, float], size: tuple[int, int]) -> str:
+    """A pixel box as the answers write it: ``[x0, y0, x1, y1]`` in whole percent (:func:`box_percent`)."""
+    return "[" + ", ".join(str(v) for v in box_percent(box, size)) + "]"
 
 
 def grounding_answer(cls: str, boxes: list[tuple[float, float, float, float]], size: tuple[int, int]) -> str:
@@ -259,8 +264,7 @@ def encode(lm: Any, s: Sample) -> Encoded:
     ids = lm.prompt_ids(s.messages)
     pos = user_turn_start(tok, s.messages, ids)
     row = ids[0].tolist()
-    end = tok.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tok.get_vocab() else tok.eos_token_id
-    ans = tok(s.target, add_special_tokens=False)["input_ids"] + [end]
+    ans = tok(s.target, add_special_tokens=False)["input_ids"] + [lm.end_of_turn]
     return Encoded(s.image, s.group, tuple(row[:pos]), row[pos:] + ans, len(row) - pos)
 
 
@@ -450,7 +454,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="AID training images per class (0: no scene group)")
     p.add_argument("--scene-val-per-class", type=int, default=1, help="AID validation images per class")
     p.add_argument("--images-per-step", type=int, default=1,
-                   help="caption steps take --batch questions from each of this many images (one shared prefix)")
+                   help="image-only steps (caption, grounding, scene) take --batch questions from each of this "
+                        "many images (one shared prefix)")
     p.add_argument("--lm-tuning", choices=MODES, default="none",
                    help="also tune the LM: LoRA on --lora-targets, or a scale and shift after every norm layer")
     p.add_argument("--lm-lr", type=float, default=2e-4, help="learning rate of the LM adapter")
@@ -462,17 +467,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="where pooled encoder features are cached")
 
 
-def _features(args: argparse.Namespace, files: dict[str, Path]) -> dict[str, torch.Tensor]:
-    """Pooled encoder features per image key, computed once and cached as safetensors."""
+def _features(args: argparse.Namespace, files: dict[str, Path], ext: Any) -> dict[str, torch.Tensor]:
+    """Pooled encoder features per image key (``ext``: the ``FeatureExtractor``), computed once and cached as
+    safetensors."""
     from safetensors.torch import load_file, save_file
-
-    from backend.chat.visual import FeatureExtractor
 
     cache = Path(args.cache_dir) / f"features_{Path(args.encoder).name}_g{args.grid}_m{args.max_side}.safetensors"
     feats: dict[str, torch.Tensor] = load_file(str(cache)) if cache.is_file() else {}
     todo = [k for k in files if k not in feats]
     if todo:
-        ext = FeatureExtractor.from_package(args.encoder, args.grid, args.max_side)
         t0 = time.perf_counter()
         for i, k in enumerate(todo):
             feats[k] = ext(files[k]).contiguous()
@@ -487,7 +490,7 @@ def run(args: argparse.Namespace) -> int:
     from backend.chat.facts import build_fact_sheet, coco_class_counts, read_coco_objects
     from backend.chat.lm import BuiltinBackend
     from backend.chat.lm_tuning import LMTuning, attach
-    from backend.chat.visual import ProjectorConfig, VisualProjector, save_projector
+    from backend.chat.visual import FeatureExtractor, ProjectorConfig, VisualProjector, save_projector
 
     for name, (a, b) in (("--train", args.train), ("--val", args.val)):
         if b >= args.eval_first:
@@ -505,7 +508,8 @@ def run(args: argparse.Namespace) -> int:
     scene_classes = sorted({c for part in scenes.values() for _, _, c in part})
     files.update({key: path for part in scenes.values() for key, path, _ in part})
     t0 = time.perf_counter()
-    feats = _features(args, files)
+    ext = FeatureExtractor.from_package(args.encoder, args.grid, args.max_side)
+    feats = _features(args, files, ext)
     feat_s = time.perf_counter() - t0
     print(f"features of {len(feats)} images ready in {feat_s:.0f}s", file=sys.stderr, flush=True)
     lm = BuiltinBackend.load()
@@ -531,7 +535,7 @@ def run(args: argparse.Namespace) -> int:
         enc[part] += [encode(lm, s) for key, _, c in scenes[part] for s in render_scene(key, c, scene_classes, rng)]
     print(f"instructions: {len(enc['train'])} train, {len(enc['val'])} val", file=sys.stderr, flush=True)
     hidden = int(lm.model.get_input_embeddings().weight.shape[1])
-    in_ch = _scale_channels(args.encoder)
+    in_ch = [int(c) for c in ext.encoder.out_channels]
     cfg = ProjectorConfig(in_channels=in_ch, hidden_size=hidden, grid=args.grid, mlp_dim=args.mlp_dim,
                           encoder=args.encoder, max_side=args.max_side)
     tuning = LMTuning(args.lm_tuning, args.lora_rank, args.lora_alpha, list(args.lora_targets))
@@ -561,12 +565,6 @@ def run(args: argparse.Namespace) -> int:
     (out / "train_log.json").write_text(json.dumps(hist, indent=1) + "\n")
     print(f"projector written to {out}", file=sys.stderr)
     return 0
-
-
-def _scale_channels(encoder: str) -> list[int]:
-    from backend.chat.visual import FeatureExtractor
-
-    return [int(c) for c in FeatureExtractor.from_package(encoder, 1).encoder.out_channels]
 
 
 if __name__ == "__main__":

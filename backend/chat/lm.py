@@ -261,8 +261,10 @@ class _TorchLM(ChatBackend):
         self.dtype = dtype
         self._lock = threading.Lock()  # one generation at a time: the model is not re-entrant on 2 cores
         tok = tokenizer
-        self.eos = {tok.eos_token_id} | {tok.convert_tokens_to_ids(t) for t in ("<|im_end|>",)
-                                         if t in tok.get_vocab()}
+        # the token that closes a chat turn (ChatML's <|im_end|>, else the tokenizer's end of sequence)
+        self.end_of_turn = (tok.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tok.get_vocab()
+                            else tok.eos_token_id)
+        self.eos = {tok.eos_token_id, self.end_of_turn}
         self.last_stats: dict[str, float] = {}
 
     def prompt_ids(self, messages: list[dict[str, str]]) -> Any:

@@ -86,7 +86,8 @@ def finetune_argv(cell: Cell, args: argparse.Namespace, cell_dir: Path) -> list[
     so validation runs once, at the end, and never steers anything)."""
     imagenet, mtp = INITS[cell.init]
     argv = [args.rsfm_train, "finetune", "--task", cell.task, "--backbone", args.backbone,
-            "--pretrained" if imagenet else "--no-pretrained", "--data", args.data, "--dataset", args.dataset, "--out", str(cell_dir), "--seed", str(cell.seed),
+            "--pretrained" if imagenet else "--no-pretrained", "--data", args.data, "--dataset", args.dataset,
+            "--out", str(cell_dir), "--seed", str(cell.seed),
             "--label-fraction", f"{cell.fraction:g}", "--max-steps", str(args.steps),
             "--steps-per-epoch", str(args.steps), "--batch-size", str(args.batch_size),
             "--crop-size", str(args.crop_size), "--lr", f"{args.lr:g}", "--weight-decay", f"{args.weight_decay:g}",
