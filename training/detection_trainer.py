@@ -27,7 +27,6 @@ import argparse
 import json
 import math
 import random
-import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -39,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from training.checkpoints import load_checkpoint_file
 from training.data.box_transforms import DetRandomCrop, DetRandomFlip, DetRandomResize, DetRandomRot90
+from training.data.splits import file_number, parse_range
 
 __all__ = [
     "DETECTION_TASKS",
@@ -68,27 +68,11 @@ _TARGET_KEYS = {
 }
 _PALETTE = ("#E6194B", "#3CB44B", "#FFE119", "#4363D8", "#F58231", "#911EB4", "#42D4F4", "#F032E6",
             "#BFEF45", "#FABED4", "#469990", "#DCBEFF", "#9A6324", "#FFFAC8", "#800000", "#AAFFC3")  # fmt: skip
-_NUM_RE = re.compile(r"(\d+)")
 
 
 # ----------------------------------------------------------------------------------------------------------
 # data
 # ----------------------------------------------------------------------------------------------------------
-def parse_range(text: str) -> tuple[int, int]:
-    """``"1-440"`` -> ``(1, 440)`` (inclusive image-file numbers)."""
-    m = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", text or "")
-    if not m or int(m.group(1)) > int(m.group(2)):
-        raise ValueError(f"image range {text!r} must look like 'FIRST-LAST' with FIRST <= LAST, e.g. '1-440'")
-    return int(m.group(1)), int(m.group(2))
-
-
-def _file_number(file_name: str) -> int:
-    nums = _NUM_RE.findall(Path(file_name).stem)
-    if not nums:
-        raise ValueError(f"image file {file_name!r} has no number in its name; split ranges need numbered files")
-    return int(nums[-1])
-
-
 class _Prepared(Dataset):
     """A split of a base dataset with the task's keys kept, optional augmentation and normalisation.
 
@@ -144,7 +128,7 @@ def build_split(base, split: str, args: argparse.Namespace) -> list[int]:
     images = getattr(base, "images", None)
     if images is None:
         raise ValueError("split ranges need a COCO-style dataset with an 'images' list")
-    idx = [i for i, im in enumerate(images) if lo <= _file_number(im["file_name"]) <= hi]
+    idx = [i for i, im in enumerate(images) if lo <= file_number(im["file_name"]) <= hi]
     if not idx:
         raise ValueError(f"no image of {args.data} has a file number in {lo}-{hi} (split {split}); check --{split}-range")
     if split == "train" and args.label_fraction < 1.0:
@@ -290,9 +274,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone-kwargs", default="{}", help="JSON dict for the backbone factory")
     p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
                    help="ImageNet weights for the backbone (offline; backbone_kwargs pretrained=True)")
-    p.add_argument("--fpn-channels", type=int, default=96, help="FPN/RPN/RoI width (MTP: 256; 96 keeps a package < 40 MB)")
+    p.add_argument("--backbone-weights", default=None,
+                   help="state dict (.safetensors/.pt, e.g. an MTP encoder) loaded into the backbone after --pretrained")
     p.add_argument("--data", required=True, help="dataset root (annotations.json + images/)")
     add_detection_arguments(p)
+    add_detector_training_arguments(p)
     p.add_argument("--out", required=True, help="run folder (checkpoints, log.jsonl)")
     p.add_argument("--label-fraction", type=float, default=1.0, help="use this fraction of training images")
     p.add_argument("--seed", type=int, default=0)
@@ -304,13 +290,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (SGD: try 0.01)")
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--warmup-steps", type=int, default=50)
-    p.add_argument("--clip-grad", type=float, default=10.0, help="max gradient norm (0 = off)")
     p.add_argument("--crop-size", type=int, default=512, help="random training window at native resolution, px")
     p.add_argument("--scale-min", type=float, default=0.8, help="min zoom of the scale jitter (1 = off)")
     p.add_argument("--scale-max", type=float, default=1.25, help="max zoom of the scale jitter")
-    p.add_argument("--val-every-min", type=float, default=10.0, help="validate every this many minutes")
-    p.add_argument("--val-every-steps", type=int, default=None, help="or every this many steps")
-    p.add_argument("--val-limit", type=int, default=None, help="validate on the first N val images only")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -323,6 +305,15 @@ def add_detection_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-range", default="1-440", help="image-file numbers used for training")
     p.add_argument("--val-range", default="441-470", help="image-file numbers for validation (checkpoint choice)")
     p.add_argument("--test-range", default="471-520", help="held-back test numbers (never used in training)")
+
+
+def add_detector_training_arguments(p: argparse.ArgumentParser) -> None:
+    """Training options only the two-stage detectors have (for reuse by ``rsfm-train finetune``)."""
+    p.add_argument("--fpn-channels", type=int, default=96, help="FPN/RPN/RoI width (MTP: 256; 96 keeps a package < 40 MB)")
+    p.add_argument("--clip-grad", type=float, default=10.0, help="max gradient norm (0 = off)")
+    p.add_argument("--val-every-min", type=float, default=10.0, help="validate every this many minutes")
+    p.add_argument("--val-every-steps", type=int, default=None, help="or every this many steps")
+    p.add_argument("--val-limit", type=int, default=None, help="validate on the first N val images only")
 
 
 def _fill_defaults(args: argparse.Namespace, register: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -391,7 +382,12 @@ def run(args: argparse.Namespace) -> int:
     arch = DETECTION_TASKS[args.task]
     akw = _architecture_kwargs(args, len(classes))
     init_kw = dict(akw, backbone_kwargs={**akw["backbone_kwargs"], **({"pretrained": True} if args.pretrained else {})})
-    model = create_model(arch, **init_kw).to(ctx.device)
+    model = create_model(arch, **init_kw)
+    if args.backbone_weights:
+        from training.finetune import load_backbone_weights
+
+        load_backbone_weights(model, args.backbone_weights)
+    model = model.to(ctx.device)
     mean, std = _backbone_norm(args.backbone)
 
     zoom = [DetRandomResize((args.scale_min, args.scale_max))] if args.scale_max > args.scale_min else []

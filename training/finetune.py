@@ -103,9 +103,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="NHWC memory format (~1.5x faster for CNNs on CPU)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--log-every", type=int, default=10)
-    from training.detection_trainer import add_detection_arguments  # detection tasks: NWPU-style COCO splits
+    from training.detection_trainer import add_detection_arguments, add_detector_training_arguments
 
-    add_detection_arguments(p)
+    d = p.add_argument_group("detection tasks (object_detection, rotated_detection, instance_segmentation)")
+    add_detection_arguments(d)  # NWPU-style COCO splits by image-file number
+    add_detector_training_arguments(d)
 
 
 # ------------------------------------------------------------------------------------------------- data

@@ -88,6 +88,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="folder holding the source folders (default: %(default)s)")
     d.add_argument("--sources", default=DEFAULT_SOURCES,
                    help="comma-separated pretraining sources (default: %(default)s)")
+    d.add_argument("--hold-out", action="append", default=[], metavar="SOURCE=SPEC",
+                   help="keep a downstream split out of pretraining: SPEC is 'FIRST-LAST' image-file numbers or "
+                        "comma-separated folder names, e.g. 'nwpu_vhr10=441-520' or 'dubai_seg=Tile 1,Tile 2' "
+                        "(repeatable; recorded in encoder.json)")
     d.add_argument("--crop-size", type=int, default=256, help="square training crop S in pixels (default: %(default)s)")
     d.add_argument("--batch-per-source", type=int, default=1,
                    help="images per source per step and process (official MTP: 1)")
@@ -115,6 +119,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="stop (with a checkpoint) after this wall time; the schedule still spans --steps")
     r.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     r.add_argument("--threads", type=int, default=0, help="torch intra-op threads per process (0 = default)")
+
+
+def parse_hold_outs(items: list[str]) -> list[tuple[str, str]]:
+    """``["nwpu_vhr10=441-520"]`` -> ``[("nwpu_vhr10", "441-520")]``."""
+    out = []
+    for item in items:
+        name, sep, spec = item.partition("=")
+        if not sep or not name.strip() or not spec.strip():
+            raise ValueError(f"--hold-out {item!r} must look like SOURCE=SPEC, e.g. 'nwpu_vhr10=441-520'")
+        out.append((name.strip(), spec.strip()))
+    return out
+
+
+def apply_hold_outs(sources: list, items: list[str]) -> None:
+    """Drop every ``--hold-out`` split from its source; a source not in ``--sources`` is an error."""
+    by_name = {s.name: s for s in sources}
+    for name, spec in parse_hold_outs(items):
+        if name not in by_name:
+            raise ValueError(f"--hold-out names source {name!r}, which is not in --sources ({', '.join(by_name)})")
+        dropped = by_name[name].hold_out(spec)
+        print(f"[mtp] hold-out {name}: {dropped} images ({spec}) kept out of pretraining, {len(by_name[name])} left",
+              flush=True)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -271,7 +297,7 @@ def export_encoder(out_dir: Path, model: nn.Module, args, step: int, mean, std) 
     os.replace(tmp, path)
     meta = {"backbone": args.backbone, "backbone_kwargs": args.backbone_kwargs, "init": args.init,
             "mtp_steps": step, "mean": list(mean), "std": list(std), "crop_size": args.crop_size,
-            "sources": args.sources.split(",")}
+            "sources": args.sources.split(","), "held_out": dict(parse_hold_outs(args.hold_out))}
     (out_dir / "encoder.json").write_text(json.dumps(meta, indent=2))
     return path
 
@@ -305,6 +331,7 @@ def run(args: argparse.Namespace) -> int:
         torch.manual_seed(args.seed)  # identical init on every rank (DDP also broadcasts rank 0's weights)
         names = [s.strip() for s in args.sources.split(",") if s.strip()]
         sources = build_sources(args.data_root, names)
+        apply_hold_outs(sources, args.hold_out)
         datasets = [DatasetSpec(s.name, {t: s.classes(t) for t in s.tasks}) for s in sources]
         encoder = _build_encoder(args)
         model = MultiTaskModel(encoder, datasets, semseg_channels=args.semseg_channels, semseg_dropout=args.dropout,

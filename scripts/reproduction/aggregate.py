@@ -25,7 +25,8 @@ from scipy import stats
 
 #: test metrics reported per task (keys of ``rsfm-train evaluate``'s JSON), first = primary.
 TASK_METRICS = {"scene_classification": ("OA", "mAcc"), "semantic_segmentation": ("mIoU", "mF1", "OA"),
-                "change_detection": ("F1", "IoU")}
+                "change_detection": ("F1", "IoU"), "object_detection": ("mAP", "AP50"),
+                "rotated_detection": ("mAP", "AP50"), "instance_segmentation": ("mAP", "AP50")}
 BASELINE, TREATMENT = "imp", "imp+mtp"
 
 

@@ -154,6 +154,25 @@ def run_cell(cell: Cell, args: argparse.Namespace) -> dict:
     return record
 
 
+def encoder_meta(encoder: str) -> dict:
+    """The ``encoder.json`` written next to an MTP encoder (``{}`` when there is none)."""
+    path = Path(encoder).with_name("encoder.json")
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def pretraining_overlap(meta: dict, data: str) -> str | None:
+    """Why the MTP encoder may have seen this task's test labels, or None.
+
+    The data folder's name is the pretraining source's name (``/work/shared/data/nwpu_vhr10``); a source that
+    was pretrained on without a ``--hold-out`` saw every image of it, the test split included.
+    """
+    name = Path(data).name
+    if name in meta.get("sources", []) and name not in meta.get("held_out", {}):
+        return (f"the MTP encoder was pretrained on every image of {name!r}, its test split included; pretrain "
+                f"with 'rsfm-train mtp --hold-out {name}=<the test split>' or pass --allow-pretraining-overlap")
+    return None
+
+
 def _floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",") if v.strip()]
 
@@ -187,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--evaluate-arg", action="append", default=[], help="extra evaluate option (repeatable)")
     p.add_argument("--rsfm-train", default=str(Path(sys.executable).with_name("rsfm-train")),
                    help="the rsfm-train executable")
+    p.add_argument("--allow-pretraining-overlap", action="store_true",
+                   help="run although the MTP encoder saw this dataset's test split (the results are then biased)")
     p.add_argument("--dry-run", action="store_true", help="print the cells and their state, run nothing")
     return p
 
@@ -199,6 +220,10 @@ def main(argv: list[str] | None = None) -> int:
             and not Path(args.mtp_encoder).is_file():
         raise FileNotFoundError(f"MTP encoder {args.mtp_encoder} not found; run rsfm-train mtp first or pass "
                                 "--mtp-encoder PATH (or --inits imp)")
+    meta = encoder_meta(args.mtp_encoder) if any(INITS[c.init][1] for c in cells) else {}
+    overlap = pretraining_overlap(meta, args.data)
+    if overlap and not args.allow_pretraining_overlap:
+        raise SystemExit(overlap)
     root = Path(args.out_root)
     if args.dry_run:
         for c in cells:
@@ -212,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         json.dumps({"argv": [sys.executable, str(Path(__file__).resolve().relative_to(REPO)),
                              *(sys.argv[1:] if argv is None else argv)],
                     "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+                    "mtp_encoder": {k: meta[k] for k in ("mtp_steps", "sources", "held_out") if k in meta},
+                    "pretraining_overlap": overlap,
                     "cells": [c.name for c in cells]}, indent=2) + "\n")
     for c in cells:
         run_cell(c, args)

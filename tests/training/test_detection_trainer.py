@@ -260,3 +260,26 @@ def test_rsfm_train_finetune_and_evaluate_dispatch_detection(coco_root, tmp_path
     assert main(["evaluate", str(out / "last.pt"), "--data", str(coco_root), "--split", "test",
                  "--train-range", "1-6", "--val-range", "7-7", "--test-range", "8-8", "--out", str(metrics)]) == 0
     assert "mAP" in json.loads(metrics.read_text())
+
+
+def test_backbone_weights_start_the_detector_from_an_encoder_file(coco_root, tmp_path):
+    """``--backbone-weights`` (an MTP encoder) is loaded into the detector's backbone before training."""
+    from safetensors.torch import save_file
+
+    from training.models import create_model
+
+    enc = create_model("tiny_pyramid_test")
+    with torch.no_grad():
+        for i, prm in enumerate(enc.parameters()):
+            prm.fill_(0.01 * (i + 1))  # no random init can produce these
+    path = tmp_path / "encoder.safetensors"
+    save_file({k: v.contiguous() for k, v in enc.state_dict().items()}, str(path))
+    out = tmp_path / "from_encoder"
+    assert dt.run(_train_args(coco_root, out, max_steps=1, lr=0.0, backbone_weights=path)) == 0  # lr 0: no update
+    model = torch.load(out / "last.pt", weights_only=False)["model"]
+    for name, prm in enc.named_parameters():
+        torch.testing.assert_close(model[f"backbone.{name}"], prm.detach(), msg=name)
+    with pytest.raises(ValueError, match="no tensor matches backbone keys"):
+        bad = tmp_path / "bad.safetensors"
+        save_file({"head.weight": torch.zeros(2)}, str(bad))
+        dt.run(_train_args(coco_root, tmp_path / "bad", max_steps=1, backbone_weights=bad))

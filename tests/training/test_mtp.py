@@ -78,6 +78,27 @@ def test_unknown_source_and_missing_folder_say_what_to_change(tmp_path, fixture_
         build_sources(tmp_path, ["dota"])
 
 
+def test_hold_out_drops_a_downstream_split_by_file_number_or_folder(fixture_root, tmp_path):
+    from pathlib import Path
+
+    from training.data.splits import held_out
+
+    root = Path("/data/Tile 7/dubai")  # a folder name above the root must not count as a group
+    assert held_out(root / "Tile 1/images/image_part_003.jpg", root, "Tile 1,Tile 2")
+    assert not held_out(root / "Tile 3/images/image_part_003.jpg", root, "Tile 1,Tile 2")
+    assert not held_out(root / "Tile 3/images/x.jpg", root, "Tile 7")
+    assert held_out(root / "images/471.jpg", root, "441-520")
+    assert not held_out(root / "images/440.jpg", root, "441-520")
+
+    nwpu, dubai = build_sources(fixture_root, ["nwpu_vhr10", "dubai_seg"])
+    assert nwpu.hold_out("2-9") == 1 and [p.name for p, _ in nwpu.items] == ["001.jpg"] and len(nwpu) == 1
+    with pytest.raises(ValueError, match="matches no image"):
+        dubai.hold_out("Tile 9")  # a typo must not silently hold out nothing
+    with pytest.raises(ValueError, match="leaves source 'dubai_seg' no image"):
+        dubai.hold_out("Tile 1")
+    assert len(dubai) == 2  # a refused hold-out changes nothing
+
+
 def test_augment_keeps_labels_consistent_with_pixels(sources):
     nwpu = next(s for s in sources if s.name == "nwpu_vhr10")
     raw = nwpu.load(0)
@@ -252,6 +273,16 @@ def test_exported_encoder_loads_strictly_into_the_finetune_backbone(fixture_root
     # the finetune task model takes it as its backbone, strictly too
     seg = create_model("upernet_segmenter", backbone="efficientnet_lite0", num_classes=3)
     seg.backbone.load_state_dict(sd, strict=True)
+
+
+def test_hold_out_is_recorded_in_encoder_json_and_bad_specs_name_the_fix(fixture_root, tmp_path):
+    out = tmp_path / "held"
+    _run(fixture_root, out, "--steps", "1", "--sources", "nwpu_vhr10,dota", "--hold-out", "nwpu_vhr10=2-2")
+    assert json.loads((out / "encoder.json").read_text())["held_out"] == {"nwpu_vhr10": "2-2"}
+    with pytest.raises(ValueError, match="SOURCE=SPEC"):
+        _run(fixture_root, tmp_path / "bad1", "--steps", "1", "--sources", "dota", "--hold-out", "2-2")
+    with pytest.raises(ValueError, match="not in --sources"):
+        _run(fixture_root, tmp_path / "bad2", "--steps", "1", "--sources", "dota", "--hold-out", "nwpu_vhr10=2-2")
 
 
 def test_init_file_loads_an_encoder_and_rejects_a_foreign_one(fixture_root, tmp_path):

@@ -230,3 +230,23 @@ def test_each_mtp_init_is_paired_with_its_start():
     text = agg.render(cells, notes="")
     assert "Paired difference random+mtp minus random" in text and "| 0.1 | 2 | +5.0 (+5.0 to +5.0)" in text
     assert "imp" not in text.replace("random", "")
+
+
+def test_an_encoder_that_saw_the_test_split_is_refused_unless_allowed(tmp_path):
+    data = tmp_path / "data" / "nwpu_vhr10"
+    enc = tmp_path / "mtp" / "encoder.safetensors"
+    enc.parent.mkdir()
+    enc.write_bytes(b"")  # only its existence and encoder.json are read before a cell runs
+    meta = {"mtp_steps": 5, "sources": ["dubai_seg", "nwpu_vhr10"], "held_out": {}}
+    (enc.parent / "encoder.json").write_text(json.dumps(meta))
+    argv = ["--task", "object_detection", "--data", str(data), "--mtp-encoder", str(enc), "--seeds", "0",
+            "--out-root", str(tmp_path / "runs"), "--dry-run"]
+    with pytest.raises(SystemExit, match="--hold-out nwpu_vhr10="):
+        grid.main(argv)
+    assert grid.main([*argv, "--allow-pretraining-overlap"]) == 0
+    assert grid.main([*argv, "--inits", "imp"]) == 0  # no MTP cell: nothing to check
+    # held out at pretraining (or another dataset): runs
+    meta["held_out"] = {"nwpu_vhr10": "441-520"}
+    (enc.parent / "encoder.json").write_text(json.dumps(meta))
+    assert grid.pretraining_overlap(meta, str(data)) is None and grid.main(argv) == 0
+    assert grid.pretraining_overlap(meta, str(tmp_path / "aid")) is None

@@ -46,6 +46,7 @@ from torch.utils.data import Dataset, Sampler
 from training.data import DatasetNotFoundError
 from training.data.dota import DOTA_V1_CLASSES, parse_dota_label
 from training.data.instance_png import HRSID_PALETTE, ISAID_PALETTE
+from training.data.splits import held_out
 
 __all__ = [
     "DOTA_V1_CLASSES",
@@ -116,10 +117,14 @@ class RawSample:
 
 
 class Source:
-    """Base class of a pretraining source: a name, the label types it has, class lists, ``load(i)``."""
+    """Base class of a pretraining source: a name, the label types it has, class lists, ``load(i)``.
+
+    Subclasses keep one tuple per image in ``items``, the image path first (what :meth:`hold_out` filters).
+    """
 
     name: str = ""
     tasks: tuple[str, ...] = ()
+    items: list[tuple]
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
@@ -133,10 +138,26 @@ class Source:
         raise NotImplementedError
 
     def __len__(self) -> int:
-        raise NotImplementedError
+        return len(self.items)
 
     def load(self, index: int) -> RawSample:
         raise NotImplementedError
+
+    def hold_out(self, spec: str) -> int:
+        """Drop the images a downstream split keeps back (``"471-520"`` file numbers, or ``"Tile 1,Tile 2"``
+        folder names; see :func:`training.data.splits.held_out`); returns how many were dropped.
+
+        Raises:
+            ValueError: ``spec`` matches no image (a typo would otherwise silently hold out nothing), or all.
+        """
+        kept = [it for it in self.items if not held_out(Path(it[0]), self.root, spec)]
+        dropped = len(self.items) - len(kept)
+        if dropped == 0:
+            raise ValueError(f"hold-out {spec!r} matches no image of source {self.name!r} under {self.root}")
+        if not kept:
+            raise ValueError(f"hold-out {spec!r} leaves source {self.name!r} no image; drop it with --sources")
+        self.items = kept
+        return dropped
 
 
 def _read_rgb(path: Path) -> np.ndarray:
@@ -158,23 +179,20 @@ class DubaiSegSource(Source):
 
     def __init__(self, root: str | Path) -> None:
         super().__init__(root)
-        self.pairs: list[tuple[Path, Path]] = []
+        self.items: list[tuple[Path, Path]] = []
         for img in sorted(self.root.glob("*/images/*.jpg")):
             mask = img.parent.parent / "masks" / (img.stem + ".png")
             if mask.is_file():
-                self.pairs.append((img, mask))
-        if not self.pairs:
+                self.items.append((img, mask))
+        if not self.items:
             raise DatasetNotFoundError(f"no 'Tile N/images/*.jpg' with a matching masks/*.png under {self.root}")
         self._lut_keys = np.array([_rgb_key(np.array(c, dtype=np.uint8)) for _, c in DUBAI_COLORS])
 
     def classes(self, task: str) -> list[str]:
         return [n for n, _ in DUBAI_COLORS]
 
-    def __len__(self) -> int:
-        return len(self.pairs)
-
     def load(self, index: int) -> RawSample:
-        img_path, mask_path = self.pairs[index]
+        img_path, mask_path = self.items[index]
         keys = _rgb_key(_read_rgb(mask_path))
         seg = np.full(keys.shape, IGNORE_INDEX, dtype=np.uint8)
         for cls, key in enumerate(self._lut_keys):
@@ -213,9 +231,6 @@ class CocoPolygonSource(Source):
     def classes(self, task: str) -> list[str]:
         return list(self._names)
 
-    def __len__(self) -> int:
-        return len(self.items)
-
     def load(self, index: int) -> RawSample:
         path, anns = self.items[index]
         polys, labels = [], []
@@ -247,9 +262,6 @@ class DotaSource(Source):
     def classes(self, task: str) -> list[str]:
         return list(self._names)
 
-    def __len__(self) -> int:
-        return len(self.items)
-
     def load(self, index: int) -> RawSample:
         img_path, lbl_path = self.items[index]
         label = parse_dota_label(lbl_path, self._names)  # raises naming file and line on a bad label
@@ -278,9 +290,6 @@ class InstancePngSource(Source):
 
     def classes(self, task: str) -> list[str]:
         return [n for n, _ in self._palette]
-
-    def __len__(self) -> int:
-        return len(self.items)
 
     def load(self, index: int) -> RawSample:
         img_path, id_path, col_path = self.items[index]
