@@ -150,8 +150,6 @@ def _commands_section(cells: list[dict], grid_argvs: list[list[str]] | None = No
     train_cpu = sum(c.get("train_cpu_s", 0.0) for c in cells)
     eval_cpu = sum(c.get("eval_cpu_s", 0.0) for c in cells)
     wall = sum(c.get("train_wall_s", 0.0) + c.get("eval_wall_s", 0.0) for c in cells)
-    pairs = mtp_pairs({c["init"] for c in cells}) or [(TREATMENT, BASELINE)]
-    ex = next((c for c in cells if c["init"] == pairs[0][1]), cells[0])
     lines = ["## Cost and exact commands", "",
              f"{len(cells)} cells; CPU time {train_cpu / 60:.1f} min training + {eval_cpu / 60:.1f} min test "
              f"evaluation (user + system of the child processes; {train_cpu / len(cells):.0f} s + "
@@ -160,26 +158,34 @@ def _commands_section(cells: list[dict], grid_argvs: list[list[str]] | None = No
         lines += [f"The grid, as launched (from the repository root, in the background"
                   f"{', the launches side by side' if len(grid_argvs) > 1 else ''}):", "", "```",
                   *(shlex.join(a) for a in grid_argvs), "```", ""]
-    lines += [f"One cell ({ex['cell']}), as run by the grid:", "", "```",
-             shlex.join(ex["finetune_argv"]), shlex.join(ex["evaluate_argv"]), "```", ""]
-    mtp = next((c for c in cells if c["init"] == pairs[0][0]), None)
-    if mtp is not None and mtp is not ex:
-        lines += [f"An {pairs[0][0]} cell ({mtp['cell']}) differs only in `--backbone-weights` (and `--out`):", "", "```",
-                  shlex.join(mtp["finetune_argv"]), "```", ""]
+    for task in sorted({c["task"] for c in cells}):
+        tc = [c for c in cells if c["task"] == task]
+        pairs = mtp_pairs({c["init"] for c in tc}) or [(TREATMENT, BASELINE)]
+        ex = next((c for c in tc if c["init"] == pairs[0][1]), tc[0])
+        lines += [f"One cell ({ex['cell']}), as run by the grid:", "", "```",
+                  shlex.join(ex["finetune_argv"]), shlex.join(ex["evaluate_argv"]), "```", ""]
+        mtp = next((c for c in tc if c["init"] == pairs[0][0]), None)
+        if mtp is not None and mtp is not ex:
+            lines += [f"An {pairs[0][0]} cell ({mtp['cell']}) differs only in `--backbone-weights` (and `--out`):",
+                      "", "```", shlex.join(mtp["finetune_argv"]), "```", ""]
     return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--root", default="runs/repro", help="grid output folder (one sub-folder per cell)")
+    p.add_argument("--root", action="append", default=None,
+                   help="grid output folder (one sub-folder per cell); repeat to put several grids on one page "
+                        "(default: runs/repro)")
     p.add_argument("--out", default=None, help="write the Markdown here (default: print)")
     p.add_argument("--notes", default=None, help="Markdown file whose text goes after the tables")
     p.add_argument("--title", default=None, help="the page's title (default: the first instance's)")
     args = p.parse_args(argv)
     notes = Path(args.notes).read_text() if args.notes else ""
+    roots = [Path(r) for r in args.root or ["runs/repro"]]
     # grid.json: a root written before launches were recorded one file each
-    grid_argvs = [launch_command(json.loads(f.read_text())) for f in sorted(Path(args.root).glob("grid*.json"))]
-    text = render(load_cells(Path(args.root)), notes, grid_argvs, **({"title": args.title} if args.title else {}))
+    grid_argvs = [launch_command(json.loads(f.read_text())) for r in roots for f in sorted(r.glob("grid*.json"))]
+    cells = [c for r in roots for c in load_cells(r)]
+    text = render(cells, notes, grid_argvs, **({"title": args.title} if args.title else {}))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)

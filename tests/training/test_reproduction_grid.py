@@ -250,3 +250,23 @@ def test_an_encoder_that_saw_the_test_split_is_refused_unless_allowed(tmp_path):
     (enc.parent / "encoder.json").write_text(json.dumps(meta))
     assert grid.pretraining_overlap(meta, str(data)) is None and grid.main(argv) == 0
     assert grid.pretraining_overlap(meta, str(tmp_path / "aid")) is None
+
+
+def test_several_grid_roots_make_one_page_with_a_section_and_an_example_per_task(tmp_path):
+    for root, task, metric in (("a", "change_detection", "F1"), ("b", "object_detection", "mAP")):
+        for init in ("imp", "imp+mtp"):
+            c = _cell(init, 1.0, 0, 0.3 + (0.1 if init == "imp+mtp" else 0.0))
+            c["task"], c["metrics"] = task, {metric: c["metrics"]["OA"]}
+            d = tmp_path / root / f"{task}__{init}__f1__s0"
+            d.mkdir(parents=True)
+            (d / "test.json").write_text(json.dumps(c.pop("metrics")))
+            c.pop("cell")
+            (d / "cell.json").write_text(json.dumps(c))
+        (tmp_path / root / "grid.imp.s0.json").write_text(json.dumps({"argv": ["python", "run_grid.py", root]}))
+    out = tmp_path / "page.md"
+    assert agg.main(["--root", str(tmp_path / "a"), "--root", str(tmp_path / "b"), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "## change_detection" in text and "## object_detection" in text
+    assert "| imp+mtp | 1 | 1 | 40.0" in text and "F1 (95 % CI)" in text and "mAP (95 % CI)" in text
+    assert "One cell (change_detection__imp__f1__s0)" in text and "One cell (object_detection__imp__f1__s0)" in text
+    assert "python run_grid.py a" in text and "python run_grid.py b" in text
