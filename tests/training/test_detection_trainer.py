@@ -83,10 +83,12 @@ def trained(coco_root, tmp_path_factory) -> Path:
 
 
 def test_parse_range_and_split(coco_root):
-    assert dt.parse_range("1-440") == (1, 440)
+    from training.data.splits import parse_range
+
+    assert parse_range("1-440") == (1, 440)
     for bad in ("440-1", "1..3", "", "a-b"):
         with pytest.raises(ValueError, match="FIRST-LAST"):
-            dt.parse_range(bad)
+            parse_range(bad)
     base = dt._base_dataset(argparse.Namespace(data=str(coco_root), dataset="coco", ann_file=None))
     ns = argparse.Namespace(data=str(coco_root), train_range="1-6", val_range="7-7", test_range="8-8",
                             label_fraction=1.0, seed=0)  # fmt: skip
