@@ -270,3 +270,25 @@ def test_several_grid_roots_make_one_page_with_a_section_and_an_example_per_task
     assert "| imp+mtp | 1 | 1 | 40.0" in text and "F1 (95 % CI)" in text and "mAP (95 % CI)" in text
     assert "One cell (change_detection__imp__f1__s0)" in text and "One cell (object_detection__imp__f1__s0)" in text
     assert "python run_grid.py a" in text and "python run_grid.py b" in text
+
+
+@pytest.mark.parametrize("task", ["scene_classification", "semantic_segmentation", "change_detection",
+                                  "object_detection", "rotated_detection", "instance_segmentation"])
+def test_grid_commands_parse_with_the_real_finetune_and_evaluate_options(tmp_path, task):
+    """Every task's cell command is accepted by rsfm-train's own parsers (a wrong option fails only after
+    the grid has been launched, so check it here), detector options included."""
+    import argparse
+
+    from training import evaluate, finetune
+
+    extra = ["--finetune-arg=--fpn-channels=64", "--finetune-arg=--val-every-min=1000"] if "detection" in task \
+        or task == "instance_segmentation" else ["--finetune-arg=--head-channels=32"]
+    args = _args(tmp_path, "--task", task, *extra)
+    cell = grid.Cell(task, "imp+mtp", 0.1, 0)
+    ft, ev = grid.finetune_argv(cell, args, tmp_path), grid.evaluate_argv(cell, args, tmp_path)
+    assert ft[1] == "finetune" and ev[1] == "evaluate"
+    for module, argv in ((finetune, ft), (evaluate, ev)):
+        p = argparse.ArgumentParser(exit_on_error=False)
+        module.add_arguments(p)
+        ns = p.parse_args(argv[2:])
+        assert ns.task == task if module is finetune else ns.split == "test"
